@@ -1,0 +1,558 @@
+//! The throwaway SSH test fleet: real `sshd` processes on loopback addresses.
+//!
+//! Layout: site `siteNNN` listens on `127.77.X.Y:2222`; one sshd process serves at most 16
+//! addresses (sshd's limit on `ListenAddress`). The bastion (`127.78.0.1`) and the proxied
+//! site (`127.78.0.2`, reached with `ProxyJump bastion`) have an sshd each, the bastion's
+//! logging at debug level so tests can see its forwarding.
+
+use crate::packages::set_mode;
+use anyhow::{bail, Context, Result};
+use polyshell_tests::{Fleet, FleetProcess, FleetSite};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const DEFAULT_SITES: usize = 8;
+pub const MAX_SITES: usize = 2000;
+const PORT: u16 = 2222;
+const PER_PROCESS: usize = 16;
+const USER: &str = "polytest";
+const SUDOERS: &str = "/etc/sudoers.d/polyshell-fleet";
+const SSHD: &str = "/usr/sbin/sshd";
+
+/// Where the fleet lives: `$POLYSHELL_FLEET_DIR`, else `target/fleet` in the workspace.
+pub fn dir() -> PathBuf {
+    std::env::var_os("POLYSHELL_FLEET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::workspace_root().join("target").join("fleet"))
+}
+
+pub fn file(dir: &Path) -> PathBuf {
+    dir.join("fleet.json")
+}
+
+fn site_addr(index: usize) -> String {
+    format!("127.77.{}.{}", index / 250, index % 250 + 1)
+}
+
+pub fn up(dir: &Path, n: usize) -> Result<Fleet> {
+    if !crate::packages::is_root() {
+        bail!("the fleet needs root: it starts sshd and creates the test user {USER}");
+    }
+    if file(dir).exists() {
+        eprintln!(
+            "xtask: a fleet is already up in {}; taking it down first",
+            dir.display()
+        );
+        down(dir)?;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    set_mode(dir, 0o755)?;
+    std::fs::create_dir_all("/run/sshd")?; // sshd's privilege separation directory
+    set_mode("/run/sshd", 0o755)?;
+
+    let host_key = dir.join("host_ed25519");
+    let identity = dir.join("id_ed25519");
+    keygen(&host_key, "polyshell-fleet-host")?;
+    keygen(&identity, "polyshell-fleet-client")?;
+    let password = random_hex(12)?;
+    setup_user(&identity, &password)?;
+    setup_sudo()?;
+
+    let result = start(dir, n, &host_key, &identity, &password);
+    if result.is_err() {
+        // Leave nothing behind: a half-started fleet is taken down again.
+        if let Err(err) = down(dir) {
+            eprintln!("xtask: cleaning up the half-started fleet failed: {err:#}");
+        }
+    }
+    result
+}
+
+fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str) -> Result<Fleet> {
+    let penalties = supports_per_source_penalties(dir, host_key)?;
+    let mut sites: Vec<FleetSite> = (0..n)
+        .map(|i| FleetSite {
+            name: format!("site{:03}", i + 1),
+            addr: site_addr(i),
+            port: PORT,
+            process: i / PER_PROCESS,
+        })
+        .collect();
+    let groups = n.div_ceil(PER_PROCESS);
+    let bastion = FleetSite {
+        name: "bastion".into(),
+        addr: "127.78.0.1".into(),
+        port: PORT,
+        process: groups,
+    };
+    let proxied = FleetSite {
+        name: "proxied".into(),
+        addr: "127.78.0.2".into(),
+        port: PORT,
+        process: groups + 1,
+    };
+
+    let mut processes = Vec::new();
+    let mut fleet = Fleet {
+        dir: dir.to_path_buf(),
+        user: USER.into(),
+        password: password.into(),
+        identity: identity.to_path_buf(),
+        known_hosts: dir.join("known_hosts"),
+        ssh_config: dir.join("ssh_config"),
+        sites: Vec::new(),
+        bastion,
+        proxied,
+        processes: Vec::new(),
+    };
+    let mut plan: Vec<(Vec<&FleetSite>, &str)> = sites
+        .chunks(PER_PROCESS)
+        .map(|group| (group.iter().collect(), "VERBOSE"))
+        .collect();
+    plan.push((vec![&fleet.bastion], "DEBUG1"));
+    plan.push((vec![&fleet.proxied], "VERBOSE"));
+    for (index, (group, log_level)) in plan.iter().enumerate() {
+        let config = dir.join(format!("sshd-{index:03}.conf"));
+        let log = dir.join(format!("sshd-{index:03}.log"));
+        std::fs::write(
+            &config,
+            sshd_config(
+                group,
+                host_key,
+                &dir.join(format!("sshd-{index:03}.pid")),
+                log_level,
+                penalties,
+            ),
+        )?;
+        let pid = spawn_sshd(&config, &log)?;
+        processes.push(FleetProcess { pid, config, log });
+        // Record as we go, so that a failure part-way still lets `down` stop what started.
+        fleet.processes = processes.clone();
+        write_fleet(dir, &fleet)?;
+    }
+    fleet.sites = std::mem::take(&mut sites);
+    wait_listening(&fleet)?;
+
+    let host_pub = std::fs::read_to_string(host_key.with_extension("pub"))?;
+    let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    let mut known_hosts = String::new();
+    let mut ssh_config =
+        String::from("# Generated by `cargo xtask fleet up`: every site of the test fleet.\n");
+    for site in fleet.all_sites() {
+        writeln!(
+            known_hosts,
+            "[{}]:{} {}",
+            site.addr,
+            site.port,
+            host_pub.join(" ")
+        )?;
+        writeln!(ssh_config, "Host {}\n  HostName {}", site.name, site.addr)?;
+        if site.name == fleet.proxied.name {
+            writeln!(ssh_config, "  ProxyJump {}", fleet.bastion.name)?;
+        }
+    }
+    write!(
+        ssh_config,
+        "Host *\n  Port {PORT}\n  User {USER}\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+         UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n",
+        identity.display(),
+        fleet.known_hosts.display()
+    )?;
+    std::fs::write(&fleet.known_hosts, known_hosts)?;
+    std::fs::write(&fleet.ssh_config, ssh_config)?;
+    write_fleet(dir, &fleet)?;
+    Ok(fleet)
+}
+
+fn write_fleet(dir: &Path, fleet: &Fleet) -> Result<()> {
+    let path = file(dir);
+    std::fs::write(&path, serde_json::to_string_pretty(fleet)?)?;
+    // The file holds the test user's password: readable by root only.
+    set_mode(&path, 0o600)
+}
+
+fn sshd_config(
+    sites: &[&FleetSite],
+    host_key: &Path,
+    pid_file: &Path,
+    log_level: &str,
+    penalties: bool,
+) -> String {
+    let mut c = String::from("# Generated by `cargo xtask fleet up`.\n");
+    for site in sites {
+        let _ = writeln!(c, "ListenAddress {}:{}", site.addr, site.port);
+    }
+    let _ = write!(
+        c,
+        "HostKey {}\nPidFile {}\nLogLevel {log_level}\n",
+        host_key.display(),
+        pid_file.display()
+    );
+    c.push_str(SSHD_COMMON);
+    if penalties {
+        // OpenSSH >= 9.8 would otherwise lock loopback out after the fault tests' failures.
+        c.push_str("PerSourcePenalties no\n");
+    }
+    c
+}
+
+/// Settings shared by every fleet sshd. One KEX is pinned so every client (ours and the
+/// peers in `cargo xtask bench`) does the same work per connection.
+const SSHD_COMMON: &str = "\
+AllowUsers polytest
+AuthenticationMethods publickey
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+UsePAM no
+UseDNS no
+PrintMotd no
+StrictModes yes
+LoginGraceTime 30
+MaxStartups 2000:30:4000
+MaxSessions 200
+KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
+AllowTcpForwarding yes
+Subsystem sftp internal-sftp
+";
+
+fn supports_per_source_penalties(dir: &Path, host_key: &Path) -> Result<bool> {
+    let probe = dir.join("probe.conf");
+    std::fs::write(
+        &probe,
+        format!("HostKey {}\nPerSourcePenalties no\n", host_key.display()),
+    )?;
+    let ok = Command::new(SSHD)
+        .args(["-t", "-f"])
+        .arg(&probe)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?
+        .success();
+    std::fs::remove_file(&probe)?;
+    Ok(ok)
+}
+
+fn spawn_sshd(config: &Path, log: &Path) -> Result<u32> {
+    let check = Command::new(SSHD).args(["-t", "-f"]).arg(config).output()?;
+    if !check.status.success() {
+        bail!(
+            "sshd rejects {}: {}",
+            config.display(),
+            String::from_utf8_lossy(&check.stderr).trim()
+        );
+    }
+    let mut cmd = Command::new(SSHD);
+    cmd.args(["-D", "-f"])
+        .arg(config)
+        .arg("-E")
+        .arg(log)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    // SAFETY: setsid is async-signal-safe; detaching keeps the fleet alive after xtask exits
+    // and out of the terminal's process group (a Ctrl-C there must not kill it half-way).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {SSHD}"))?;
+    Ok(child.id())
+}
+
+fn wait_listening(fleet: &Fleet) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut pending: Vec<&FleetSite> = fleet.all_sites().collect();
+    while !pending.is_empty() {
+        pending.retain(|site| !answers(site));
+        if pending.is_empty() {
+            break;
+        }
+        for (i, process) in fleet.processes.iter().enumerate() {
+            if !alive(process.pid) {
+                let log = std::fs::read_to_string(&process.log).unwrap_or_default();
+                bail!(
+                    "sshd #{i} (pid {}) exited during start-up; its log:\n{log}",
+                    process.pid
+                );
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} sites do not listen after 20 s, e.g. {}",
+                pending.len(),
+                pending[0].addr
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+fn answers(site: &FleetSite) -> bool {
+    let Ok(ip) = site.addr.parse() else {
+        return false;
+    };
+    TcpStream::connect_timeout(&SocketAddr::new(ip, site.port), Duration::from_millis(200)).is_ok()
+}
+
+pub fn down(dir: &Path) -> Result<()> {
+    let path = file(dir);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            println!("fleet down: no fleet is up in {}", dir.display());
+            return Ok(());
+        }
+        Err(err) => return Err(err).context(format!("reading {}", path.display())),
+    };
+    let fleet: Fleet =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+
+    let table = process_table();
+    let mut victims = Vec::new();
+    for process in &fleet.processes {
+        // Only a pid that still runs our sshd with our config: pids get reused.
+        if !cmdline(process.pid).contains(&process.config.display().to_string()) {
+            continue;
+        }
+        victims.push(process.pid);
+        descendants(&table, process.pid, &mut victims);
+    }
+    let uid = user_uid(USER);
+    if let Some(uid) = uid {
+        // Whatever the test user still runs was started through the fleet (e.g. a daemonized
+        // test process): it goes too.
+        victims.extend(table.iter().filter(|p| p.uid == uid).map(|p| p.pid));
+    }
+    victims.sort_unstable();
+    victims.dedup();
+    terminate(&victims);
+    let stopped = victims.len();
+
+    let _ = std::fs::remove_file(SUDOERS);
+    if uid.is_some() {
+        let status = Command::new("userdel")
+            .args(["-r", "-f", USER])
+            .stderr(Stdio::null())
+            .status()?;
+        if !status.success() {
+            eprintln!("xtask: userdel {USER} failed ({status})");
+        }
+    }
+    std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    println!(
+        "fleet down: stopped {stopped} processes, removed user {USER} and {}",
+        dir.display()
+    );
+    Ok(())
+}
+
+pub fn status(dir: &Path) -> Result<bool> {
+    let path = file(dir);
+    if !path.exists() {
+        println!("fleet status: down (no {})", path.display());
+        return Ok(false);
+    }
+    let fleet: Fleet = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    let running = fleet.processes.iter().filter(|p| alive(p.pid)).count();
+    let sites: Vec<&FleetSite> = fleet.all_sites().collect();
+    let listening = sites.iter().filter(|s| answers(s)).count();
+    println!("fleet status: {}", fleet.dir.display());
+    println!(
+        "  sshd processes running: {running}/{}",
+        fleet.processes.len()
+    );
+    println!("  sites listening:        {listening}/{}", sites.len());
+    println!(
+        "  sites: {} .. {} ({}), bastion {} ({}), proxied {} via {}",
+        fleet.sites.first().map(|s| s.name.as_str()).unwrap_or("-"),
+        fleet.sites.last().map(|s| s.name.as_str()).unwrap_or("-"),
+        fleet.sites.len(),
+        fleet.bastion.name,
+        fleet.bastion.addr,
+        fleet.proxied.name,
+        fleet.bastion.name
+    );
+    println!(
+        "  user {}, ssh_config {}",
+        fleet.user,
+        fleet.ssh_config.display()
+    );
+    Ok(running == fleet.processes.len() && listening == sites.len())
+}
+
+fn keygen(path: &Path, comment: &str) -> Result<()> {
+    let status = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .arg(path)
+        .status()
+        .context("running ssh-keygen")?;
+    if !status.success() {
+        bail!("ssh-keygen -f {} failed ({status})", path.display());
+    }
+    Ok(())
+}
+
+fn random_hex(bytes: usize) -> Result<String> {
+    use std::io::Read;
+    let mut buf = vec![0u8; bytes];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut buf)?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn setup_user(identity: &Path, password: &str) -> Result<()> {
+    if user_uid(USER).is_none() {
+        run_checked(Command::new("useradd").args(["-m", "-s", "/bin/bash", USER]))?;
+    }
+    let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn()?;
+    {
+        use std::io::Write;
+        let mut stdin = chpasswd.stdin.take().context("chpasswd stdin")?;
+        writeln!(stdin, "{USER}:{password}")?;
+    }
+    if !chpasswd.wait()?.success() {
+        bail!("chpasswd failed for {USER}");
+    }
+    let ssh_dir = PathBuf::from(format!("/home/{USER}/.ssh"));
+    std::fs::create_dir_all(&ssh_dir)?;
+    std::fs::copy(
+        identity.with_extension("pub"),
+        ssh_dir.join("authorized_keys"),
+    )?;
+    set_mode(&ssh_dir, 0o700)?;
+    set_mode(ssh_dir.join("authorized_keys"), 0o600)?;
+    run_checked(
+        Command::new("chown")
+            .args(["-R", &format!("{USER}:{USER}")])
+            .arg(&ssh_dir),
+    )
+}
+
+fn setup_sudo() -> Result<()> {
+    // Every sudo asks: no timestamp reuse, so each sudo test really exercises the agent.
+    let rules = format!(
+        "# Written by `cargo xtask fleet up`; removed by `fleet down`.\n\
+         Defaults:{USER} timestamp_timeout=0, lecture=never, !requiretty, passwd_tries=3\n\
+         {USER} ALL=(ALL:ALL) ALL\n"
+    );
+    let staged = format!("{SUDOERS}.new");
+    std::fs::create_dir_all("/etc/sudoers.d")?;
+    std::fs::write(&staged, rules)?;
+    set_mode(&staged, 0o440)?;
+    let check = Command::new("visudo")
+        .args(["-c", "-q", "-f", &staged])
+        .status()?;
+    if !check.success() {
+        let _ = std::fs::remove_file(&staged);
+        bail!("visudo rejects the fleet's sudoers rules");
+    }
+    std::fs::rename(&staged, SUDOERS)?;
+    Ok(())
+}
+
+fn run_checked(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn user_uid(name: &str) -> Option<u32> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        (fields.next()? == name).then_some(())?;
+        fields.nth(1)?.parse().ok()
+    })
+}
+
+struct ProcInfo {
+    pid: u32,
+    ppid: u32,
+    uid: u32,
+}
+
+fn process_table() -> Vec<ProcInfo> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // The command name may hold spaces and parentheses: fields start after the last ')'.
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let ppid = rest.split(' ').nth(1)?.parse().ok()?;
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let uid = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Uid:"))?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some(ProcInfo { pid, ppid, uid })
+        })
+        .collect()
+}
+
+fn descendants(table: &[ProcInfo], pid: u32, out: &mut Vec<u32>) {
+    let children: HashMap<u32, Vec<u32>> = table.iter().fold(HashMap::new(), |mut map, p| {
+        map.entry(p.ppid).or_default().push(p.pid);
+        map
+    });
+    let mut stack = vec![pid];
+    while let Some(p) = stack.pop() {
+        for &child in children.get(&p).into_iter().flatten() {
+            out.push(child);
+            stack.push(child);
+        }
+    }
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited: it only waits to be reaped by its parent.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat.get(i + 2..i + 3))
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+fn terminate(pids: &[u32]) {
+    signal_all(pids, libc::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && pids.iter().any(|&p| alive(p)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = pids.iter().copied().filter(|&p| alive(p)).collect();
+    signal_all(&left, libc::SIGKILL);
+}
+
+fn signal_all(pids: &[u32], signal: i32) {
+    for &pid in pids {
+        // SAFETY: kill has no memory-safety preconditions; a vanished pid just gives ESRCH.
+        unsafe {
+            libc::kill(pid as libc::pid_t, signal);
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! Chores for Polyshell's maintainers: the throwaway SSH test fleet, the test suite and CI.
+//!
+//! ```text
+//! cargo xtask test [--sites N] [-- CARGO-TEST-ARGS...]
+//! cargo xtask fleet up [--sites N] | fleet down | fleet status
+//! ```
+
+mod fleet;
+mod packages;
+mod test;
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage:
+  cargo xtask test [--sites N] [-- CARGO-TEST-ARGS...]
+      install what is missing, bring a fleet up, run every test of the workspace
+      (fleet tests included), bring the fleet down again
+  cargo xtask fleet up [--sites N]    start a throwaway fleet of sshd processes on loopback
+  cargo xtask fleet down              stop exactly the processes `fleet up` started
+  cargo xtask fleet status            show the fleet and check that every site answers
+";
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> Result<ExitCode> {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    match args.as_slice() {
+        ["test", rest @ ..] => {
+            let (opts, passthrough) = split_passthrough(rest);
+            let sites = parse_sites(opts, test::DEFAULT_SITES)?;
+            test::run(sites, passthrough)
+        }
+        ["fleet", "up", rest @ ..] => {
+            let sites = parse_sites(rest, fleet::DEFAULT_SITES)?;
+            packages::ensure()?;
+            let fleet = fleet::up(&fleet::dir(), sites)?;
+            println!(
+                "fleet up: {} sites, fleet file {}",
+                fleet.sites.len(),
+                fleet::file(&fleet::dir()).display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        ["fleet", "down"] => {
+            fleet::down(&fleet::dir())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ["fleet", "status"] => Ok(if fleet::status(&fleet::dir())? {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }),
+        ["help" | "--help" | "-h"] | [] => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        _ => {
+            eprint!("{USAGE}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+fn split_passthrough<'a>(args: &'a [&'a str]) -> (&'a [&'a str], &'a [&'a str]) {
+    match args.iter().position(|a| *a == "--") {
+        Some(i) => (&args[..i], &args[i + 1..]),
+        None => (args, &[]),
+    }
+}
+
+fn parse_sites(args: &[&str], default: usize) -> Result<usize> {
+    match args {
+        [] => Ok(default),
+        ["--sites", n] => {
+            let n: usize = n
+                .parse()
+                .with_context(|| format!("--sites {n}: not a number"))?;
+            if n == 0 || n > fleet::MAX_SITES {
+                bail!("--sites {n}: choose 1 to {}", fleet::MAX_SITES);
+            }
+            Ok(n)
+        }
+        other => bail!("unexpected arguments {other:?}\n{USAGE}"),
+    }
+}
+
+/// The workspace root: xtask lives one level below it.
+fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}

@@ -1,0 +1,60 @@
+//! `cargo xtask test`: every test of the workspace, the fleet tests included.
+
+use crate::{fleet, packages};
+use anyhow::{Context, Result};
+use std::process::{Command, ExitCode};
+
+/// Enough sites for the 20-site sudo tests plus spares.
+pub const DEFAULT_SITES: usize = 24;
+
+extern "C" fn ignore_interrupt(_: libc::c_int) {}
+
+pub fn run(sites: usize, cargo_test_args: &[&str]) -> Result<ExitCode> {
+    packages::ensure()?;
+    let dir = fleet::dir();
+    // Build first, so that compile errors show before a fleet starts and the fleet is up
+    // only as long as the tests need it.
+    let built = cargo_test(&["--no-run"], &[])?;
+    if !built.success() {
+        return Ok(ExitCode::FAILURE);
+    }
+    let fleet = fleet::up(&dir, sites)?;
+    println!(
+        "xtask: fleet up with {} sites; running the tests",
+        fleet.sites.len()
+    );
+
+    // Ctrl-C reaches cargo and the tests through the terminal; xtask itself stays to take the
+    // fleet down. A handler (not SIG_IGN) so that children still get the default action.
+    // SAFETY: the handler does nothing, so it is trivially async-signal-safe.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            ignore_interrupt as *const () as libc::sighandler_t,
+        );
+    }
+    let tested = cargo_test(&[], cargo_test_args);
+    let downed = fleet::down(&dir);
+    let tested = tested?;
+    downed?;
+    if tested.success() {
+        println!("xtask: all tests passed, fleet tests included");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("xtask: tests failed ({tested})");
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn cargo_test(cargo_args: &[&str], test_args: &[&str]) -> Result<std::process::ExitStatus> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    Command::new(cargo)
+        .current_dir(crate::workspace_root())
+        .args(["test", "--workspace"])
+        .args(cargo_args)
+        .args(["--", "--include-ignored"])
+        .args(test_args)
+        .env(polyshell_tests::FLEET_ENV, fleet::file(&fleet::dir()))
+        .status()
+        .context("running cargo test")
+}
