@@ -1,0 +1,260 @@
+//! The concurrent site/role store, with the original Polyshell's `add` / `get` / `list` /
+//! `update` semantics.
+
+use crate::config::{Config, Site, Values};
+use dashmap::DashMap;
+use serde_json::Value;
+use std::any::{Any, TypeId};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// One name or several: what `add`, `list` and `update` take for sites and roles, as the
+/// original took a string or an array. `()` is none.
+pub trait Names {
+    fn to_names(&self) -> Vec<String>;
+}
+
+impl Names for () {
+    fn to_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl Names for str {
+    fn to_names(&self) -> Vec<String> {
+        vec![self.to_owned()]
+    }
+}
+
+impl Names for String {
+    fn to_names(&self) -> Vec<String> {
+        vec![self.clone()]
+    }
+}
+
+impl<S: AsRef<str>> Names for [S] {
+    fn to_names(&self) -> Vec<String> {
+        self.iter().map(|s| s.as_ref().to_owned()).collect()
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> Names for [S; N] {
+    fn to_names(&self) -> Vec<String> {
+        self.as_slice().to_names()
+    }
+}
+
+impl<S: AsRef<str>> Names for Vec<S> {
+    fn to_names(&self) -> Vec<String> {
+        self.as_slice().to_names()
+    }
+}
+
+impl<T: Names + ?Sized> Names for &T {
+    fn to_names(&self) -> Vec<String> {
+        (**self).to_names()
+    }
+}
+
+/// The role that holds every site.
+pub const ALL: &str = "all";
+
+/// Sites and roles, shared across tasks (`Clone` shares the same store).
+///
+/// ```
+/// use polyshell_sites::SiteStore;
+/// use serde_json::json;
+///
+/// let sites = SiteStore::new();
+/// sites.add(["app1", "app2"], "app", json!({"admin": "ops@example.com"}));
+/// sites.update("app", (), json!({"port": 2222}));
+/// assert_eq!(sites.list("app", ()), ["app1", "app2"]);
+/// assert_eq!(sites.get("app2").unwrap().config()["port"], 2222);
+/// ```
+#[derive(Clone, Default)]
+pub struct SiteStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    sites: DashMap<String, SiteEntry>,
+    roles: DashMap<String, RoleEntry>,
+    next_seq: AtomicU64,
+}
+
+struct SiteEntry {
+    /// Order of addition: `list` sorts by it.
+    seq: u64,
+    config: Config,
+    values: Values,
+}
+
+#[derive(Default)]
+struct RoleEntry {
+    members: HashSet<String>,
+}
+
+impl std::fmt::Debug for SiteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteStore")
+            .field("sites", &self.inner.sites.len())
+            .field("roles", &self.inner.roles.len())
+            .finish()
+    }
+}
+
+impl SiteStore {
+    pub fn new() -> SiteStore {
+        SiteStore::default()
+    }
+
+    /// Creates or updates each site of `names`, adds it to `roles` (and to the role of its
+    /// own name), and shallow-merges `config` into the site's own copy: top-level keys
+    /// overwrite, nested values are replaced whole. `name` always equals the site's name.
+    /// A `config` that is not an object merges nothing.
+    pub fn add(&self, names: impl Names, roles: impl Names, config: Value) {
+        let (names, roles) = (names.to_names(), roles.to_names());
+        let config = match config {
+            Value::Object(map) => map,
+            _ => Config::new(),
+        };
+        for name in &names {
+            let name = name.as_str();
+            {
+                let mut entry =
+                    self.inner
+                        .sites
+                        .entry(name.to_owned())
+                        .or_insert_with(|| SiteEntry {
+                            seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
+                            config: Config::new(),
+                            values: Values::default(),
+                        });
+                for (key, value) in &config {
+                    entry.config.insert(key.clone(), value.clone());
+                }
+                entry
+                    .config
+                    .insert("name".into(), Value::String(name.to_owned()));
+            } // the site's lock is released before the roles map is touched
+            self.join(name, name);
+            for role in &roles {
+                self.join(role, name);
+            }
+        }
+    }
+
+    fn join(&self, role: &str, site: &str) {
+        if role == ALL {
+            return; // implicit: every site is in it
+        }
+        self.inner
+            .roles
+            .entry(role.to_owned())
+            .or_default()
+            .members
+            .insert(site.to_owned());
+    }
+
+    /// A copy of the site called `name`; changing it changes nothing stored. A role that is
+    /// not also a site is `None`.
+    pub fn get(&self, name: &str) -> Option<Site> {
+        self.inner.sites.get(name).map(|entry| Site {
+            name: name.to_owned(),
+            config: entry.config.clone(),
+            values: entry.values.clone(),
+        })
+    }
+
+    /// The names of the sites in any of `roles` and, when `filter` is not empty, also in any
+    /// of `filter`; without duplicates, in order of addition. The role `all` holds every site.
+    pub fn list(&self, roles: impl Names, filter: impl Names) -> Vec<String> {
+        let (roles, filter) = (roles.to_names(), filter.to_names());
+        let members = self.members(&roles);
+        let keep: Option<HashSet<String>> =
+            (!filter.is_empty()).then(|| self.members(&filter).into_iter().collect());
+        let mut found: Vec<(u64, String)> = members
+            .into_iter()
+            .filter(|name| keep.as_ref().is_none_or(|k| k.contains(name)))
+            .filter_map(|name| {
+                let seq = self.inner.sites.get(&name)?.seq;
+                Some((seq, name))
+            })
+            .collect();
+        found.sort_unstable_by_key(|(seq, _)| *seq);
+        found.into_iter().map(|(_, name)| name).collect()
+    }
+
+    fn members(&self, roles: &[String]) -> HashSet<String> {
+        if roles.iter().any(|r| r == ALL) {
+            return self.inner.sites.iter().map(|e| e.key().clone()).collect();
+        }
+        let mut set = HashSet::new();
+        for role in roles {
+            if let Some(entry) = self.inner.roles.get(role) {
+                set.extend(entry.members.iter().cloned());
+            }
+        }
+        set
+    }
+
+    /// `add(list(in_roles), roles, config)`: updates the sites already in `in_roles`,
+    /// creating none.
+    pub fn update(&self, in_roles: impl Names, roles: impl Names, config: Value) {
+        let names = self.list(in_roles, ());
+        self.add(names, roles, config);
+    }
+
+    /// Whether `role` names a role with at least one site (every site is a role of itself).
+    pub fn has_role(&self, role: &str) -> bool {
+        role == ALL && !self.inner.sites.is_empty()
+            || self
+                .inner
+                .roles
+                .get(role)
+                .is_some_and(|r| !r.members.is_empty())
+    }
+
+    /// The roles `site` is in (its own name included), sorted.
+    pub fn roles_of(&self, site: &str) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .inner
+            .roles
+            .iter()
+            .filter(|r| r.members.contains(site))
+            .map(|r| r.key().clone())
+            .collect();
+        roles.sort();
+        roles
+    }
+
+    /// Every role name, sorted (the implicit `all` excluded).
+    pub fn role_names(&self) -> Vec<String> {
+        let mut roles: Vec<String> = self.inner.roles.iter().map(|r| r.key().clone()).collect();
+        roles.sort();
+        roles
+    }
+
+    /// How many sites there are.
+    pub fn len(&self) -> usize {
+        self.inner.sites.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.sites.is_empty()
+    }
+
+    /// Attaches a typed value that is not configuration data (a notifier, a lock, a client
+    /// handle) to every current member of `roles`; read back with [`Site::value`]. One value
+    /// per type and site: a later one replaces it.
+    pub fn put_value<T: Any + Send + Sync>(&self, roles: impl Names, value: T) {
+        let value: Arc<dyn Any + Send + Sync> = Arc::new(value);
+        for name in self.list(roles, ()) {
+            if let Some(mut entry) = self.inner.sites.get_mut(&name) {
+                entry.values.insert(TypeId::of::<T>(), value.clone());
+            }
+        }
+    }
+}
