@@ -1,7 +1,15 @@
-//! Shells for Polyshell: run commands on the local machine or on a remote host, and read
-//! their exit status and output.
+//! Shells for Polyshell: run commands on the local machine or on a remote host over SSH,
+//! stream their output, and read their exit status and captured output.
 //!
-//! A [`Shell`] is usable on its own, with no scheduler in sight:
+//! - [`Shell`]: one site's shell. [`Shell::local`] runs `sh -c` here; [`Shell::ssh`] and
+//!   [`Shell::with_ssh`] run over SSH (libssh2, one reused connection per shell, concurrent
+//!   commands multiplexed on it); [`Shell::external_ssh`] uses the system `ssh` client.
+//! - [`Command`]: a script plus environment, directory, input, timeout, capture limit.
+//! - [`Output`] / [`ExitStatus`]: what a finished command leaves.
+//! - [`OutputSink`]: receives output lines while commands run, tagged with the shell's issuer.
+//! - [`ShellError`]: why a command could not run, naming the site and the cause.
+//!
+//! A shell is usable on its own, with no scheduler in sight:
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -11,43 +19,252 @@
 //! let out = Shell::local().run("echo hello").await?;
 //! assert!(out.status.success());
 //! assert_eq!(out.stdout_text(), "hello\n");
+//!
+//! // A list of commands runs as one, joined with `&&`.
+//! let out = Shell::local().run(["true", "echo second"]).await?;
+//! assert_eq!(out.stdout_text(), "second\n");
 //! # Ok(())
 //! # }
 //! ```
-//!
-//! The SSH transport (libssh2 through `ssh2`, on blocking threads driven from tokio) is
-//! planned in this crate next; see `ARCHITECTURE.md`.
 
+mod command;
 mod error;
+mod external;
 mod local;
 mod output;
+pub mod process;
+mod ssh;
+mod transfer;
 
-pub use error::ShellError;
-pub use output::{ExitStatus, Output};
+pub use command::{quote, Command};
+pub use error::{ErrorKind, ShellError};
+pub use output::{
+    signal_number, ExitStatus, Line, Output, OutputSink, Stream, DEFAULT_CAPTURE_LIMIT, MAX_LINE,
+};
+pub use ssh::{HostKeyPolicy, SshOptions};
 
-/// A shell on one site: where commands run.
-#[derive(Debug, Clone)]
-pub struct Shell {
-    transport: Transport,
+use async_trait::async_trait;
+use process::Process;
+use std::path::Path;
+use std::sync::Arc;
+
+/// How a shell reaches its site. Implemented for local processes, libssh2 and the system
+/// `ssh` client; implement it to run commands somewhere else (a container, a fake in tests).
+#[async_trait]
+pub trait Transport: Send + Sync {
+    /// Starts `command`.
+    async fn spawn(&self, command: &Command) -> Result<Box<dyn Process>, ErrorKind>;
+    /// Connects ahead of the first command (a no-op where there is nothing to connect).
+    async fn connect(&self) -> Result<(), ErrorKind>;
+    /// Copies a local file or directory tree to the site (see [`Shell::upload`]).
+    async fn upload(&self, local: &Path, remote: &str) -> Result<(), ErrorKind>;
+    /// Copies a file or directory tree from the site (see [`Shell::download`]).
+    async fn download(&self, remote: &str, local: &Path) -> Result<(), ErrorKind>;
+    /// A short description for logs, e.g. `ssh web01`.
+    fn describe(&self) -> String;
 }
 
-#[derive(Debug, Clone)]
-enum Transport {
-    Local(local::LocalShell),
+/// A shell on one site: where commands run. Clones share the transport (and so the SSH
+/// connection); [`with_issuer`](Shell::with_issuer) and [`with_sink`](Shell::with_sink) make
+/// such clones with their own tag and output destination.
+#[derive(Clone)]
+pub struct Shell {
+    site: Arc<str>,
+    issuer: Arc<str>,
+    transport: Arc<dyn Transport>,
+    sink: Option<Arc<dyn OutputSink>>,
+}
+
+impl std::fmt::Debug for Shell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shell")
+            .field("site", &self.site)
+            .field("issuer", &self.issuer)
+            .field("transport", &self.transport.describe())
+            .finish()
+    }
+}
+
+struct LocalTransport {
+    program: String,
+}
+
+#[async_trait]
+impl Transport for LocalTransport {
+    async fn spawn(&self, command: &Command) -> Result<Box<dyn Process>, ErrorKind> {
+        // Environment and directory are set up by the script, exactly as on a remote site,
+        // so that a missing directory fails the same way everywhere.
+        let args = vec!["-c".to_owned(), command.remote_script(None)];
+        Ok(Box::new(local::spawn(&self.program, &args)?))
+    }
+
+    async fn connect(&self) -> Result<(), ErrorKind> {
+        Ok(())
+    }
+
+    async fn upload(&self, local: &Path, remote: &str) -> Result<(), ErrorKind> {
+        transfer::copy(local, Path::new(remote)).await
+    }
+
+    async fn download(&self, remote: &str, local: &Path) -> Result<(), ErrorKind> {
+        transfer::copy(Path::new(remote), local).await
+    }
+
+    fn describe(&self) -> String {
+        format!("local {}", self.program)
+    }
 }
 
 impl Shell {
     /// A shell on this machine, running commands with `sh -c`.
     pub fn local() -> Shell {
+        Shell::local_with("sh")
+    }
+
+    /// A shell on this machine running commands with `program -c` (a site's `sh`).
+    pub fn local_with(program: &str) -> Shell {
+        Shell::with_transport(
+            "local",
+            Arc::new(LocalTransport {
+                program: program.to_owned(),
+            }),
+        )
+    }
+
+    /// An SSH shell to `host` (a host name or an ssh_config alias), configured by
+    /// `~/.ssh/config`. Connects at the first command.
+    pub fn ssh(host: &str) -> Shell {
+        Shell::with_ssh(SshOptions::new(host))
+    }
+
+    /// An SSH shell with explicit options (which win over ssh_config).
+    pub fn with_ssh(options: SshOptions) -> Shell {
+        let site = options.host.clone();
+        Shell::with_transport(&site, Arc::new(ssh::SshTransport::new(options)))
+    }
+
+    /// A shell that runs each command through the system OpenSSH client:
+    /// `program args... HOST -- SCRIPT`.
+    pub fn external_ssh(program: &str, args: Vec<String>, host: &str) -> Shell {
+        Shell::with_transport(
+            host,
+            Arc::new(external::ExternalSsh::new(program, args, host)),
+        )
+    }
+
+    /// A shell over any [`Transport`].
+    pub fn with_transport(site: &str, transport: Arc<dyn Transport>) -> Shell {
         Shell {
-            transport: Transport::Local(local::LocalShell::new("sh")),
+            site: site.into(),
+            issuer: site.into(),
+            transport,
+            sink: None,
         }
     }
 
-    /// Runs `command` to its end and returns its exit status and captured output.
-    pub async fn run(&self, command: &str) -> Result<Output, ShellError> {
-        match &self.transport {
-            Transport::Local(local) => local.run(command).await,
+    /// The same shell (same connection) with another name for its site in errors.
+    pub fn named(mut self, site: &str) -> Shell {
+        self.site = site.into();
+        if self.sink.is_none() {
+            self.issuer = site.into();
         }
+        self
+    }
+
+    /// The same shell (same connection) tagging its output with `issuer`.
+    pub fn with_issuer(mut self, issuer: &str) -> Shell {
+        self.issuer = issuer.into();
+        self
+    }
+
+    /// The same shell (same connection) streaming output lines to `sink`.
+    pub fn with_sink(mut self, sink: Arc<dyn OutputSink>) -> Shell {
+        self.sink = Some(sink);
+        self
+    }
+
+    pub fn site(&self) -> &str {
+        &self.site
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// Where the shell's output lines go, if anywhere.
+    pub fn sink(&self) -> Option<&Arc<dyn OutputSink>> {
+        self.sink.as_ref()
+    }
+
+    /// The shell's transport (to run a [`Process`] by hand, as `sudo` does).
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    fn error(&self, kind: ErrorKind) -> ShellError {
+        ShellError::new(&*self.site, kind)
+    }
+
+    /// Connects now rather than at the first command.
+    pub async fn connect(&self) -> Result<(), ShellError> {
+        self.transport.connect().await.map_err(|k| self.error(k))
+    }
+
+    /// Runs a command to its end: exit status and captured output. Output lines stream to
+    /// the sink while it runs. Cancelling the future terminates the command.
+    pub async fn run(&self, command: impl Into<Command>) -> Result<Output, ShellError> {
+        let command = command.into();
+        self.check(&command)?;
+        let process = self
+            .transport
+            .spawn(&command)
+            .await
+            .map_err(|k| self.error(k))?;
+        let sink = self.sink.as_ref().map(|s| (s, &*self.issuer));
+        process::drive(process, &command, sink, None, false)
+            .await
+            .map_err(|k| self.error(k))
+    }
+
+    /// Starts a command and hands back the running [`Process`], for callers that talk to
+    /// it (write its input, watch its stderr) while it runs.
+    pub async fn spawn(&self, command: &Command) -> Result<Box<dyn Process>, ShellError> {
+        self.check(command)?;
+        self.transport
+            .spawn(command)
+            .await
+            .map_err(|k| self.error(k))
+    }
+
+    fn check(&self, command: &Command) -> Result<(), ShellError> {
+        let bad = command.env.iter().find(|(k, _)| {
+            k.is_empty()
+                || k.starts_with(|c: char| c.is_ascii_digit())
+                || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        match bad {
+            Some((k, _)) => Err(self.error(ErrorKind::Config(format!(
+                "`{k}` is not a valid environment variable name"
+            )))),
+            None => Ok(()),
+        }
+    }
+
+    /// Copies a local file or directory to the site. A directory uploaded to `remote`
+    /// makes `remote` a copy of it (created with missing parents; existing files
+    /// overwritten); a file goes to `remote`, or into it when it is a directory. Modes are kept.
+    pub async fn upload(&self, local: impl AsRef<Path>, remote: &str) -> Result<(), ShellError> {
+        self.transport
+            .upload(local.as_ref(), remote)
+            .await
+            .map_err(|k| self.error(k))
+    }
+
+    /// Copies a file or directory from the site, by the same rule as [`upload`](Shell::upload).
+    pub async fn download(&self, remote: &str, local: impl AsRef<Path>) -> Result<(), ShellError> {
+        self.transport
+            .download(remote, local.as_ref())
+            .await
+            .map_err(|k| self.error(k))
     }
 }

@@ -1,0 +1,162 @@
+//! What to run: the shell script, its environment, working directory, input and limits.
+
+use crate::output::DEFAULT_CAPTURE_LIMIT;
+use std::time::Duration;
+
+/// A command for a [`Shell`](crate::Shell): a script for the site's shell plus options.
+///
+/// `&str` and `String` convert into a command; a list of commands (`["a", "b"]`, `Vec`)
+/// converts into one script joined with ` && `, as in the original Polyshell.
+///
+/// ```
+/// use polyshell_shell::Command;
+/// let cmd = Command::from(["cd /srv", "make"]).env("CC", "clang").timeout_secs(60);
+/// assert_eq!(cmd.script(), "cd /srv && make");
+/// ```
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub(crate) script: String,
+    pub(crate) env: Vec<(String, String)>,
+    pub(crate) cwd: Option<String>,
+    pub(crate) stdin: Option<Vec<u8>>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) capture_limit: usize,
+}
+
+impl Command {
+    pub fn new(script: impl Into<String>) -> Command {
+        Command {
+            script: script.into(),
+            env: Vec::new(),
+            cwd: None,
+            stdin: None,
+            timeout: None,
+            capture_limit: DEFAULT_CAPTURE_LIMIT,
+        }
+    }
+
+    /// The script as the site's shell gets it (before environment and directory set-up).
+    pub fn script(&self) -> &str {
+        &self.script
+    }
+
+    /// Sets an environment variable for the command.
+    pub fn env(mut self, key: impl Into<String>, value: impl Into<String>) -> Command {
+        self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Runs the command in `dir`; the command fails if `dir` does not exist.
+    pub fn cwd(mut self, dir: impl Into<String>) -> Command {
+        self.cwd = Some(dir.into());
+        self
+    }
+
+    /// Feeds `bytes` to the command's standard input, then closes it. Without this the
+    /// command's input is empty (closed at once), so nothing ever waits on it.
+    pub fn stdin(mut self, bytes: impl Into<Vec<u8>>) -> Command {
+        self.stdin = Some(bytes.into());
+        self
+    }
+
+    /// Terminates the command (its whole process group) if it runs longer than `timeout`.
+    pub fn timeout(mut self, timeout: Duration) -> Command {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    pub fn timeout_secs(self, secs: u64) -> Command {
+        self.timeout(Duration::from_secs(secs))
+    }
+
+    /// Keeps at most `bytes` of each of stdout and stderr in the [`Output`](crate::Output);
+    /// the rest still streams to the sink.
+    pub fn capture_limit(mut self, bytes: usize) -> Command {
+        self.capture_limit = bytes;
+        self
+    }
+
+    /// The script with its environment and directory set up, for a POSIX shell on the far
+    /// side (SSH), where they cannot be set from outside. Values are quoted as data.
+    pub(crate) fn remote_script(&self, pid_marker: Option<&str>) -> String {
+        let mut s = String::new();
+        if let Some(marker) = pid_marker {
+            // The login shell is the session leader: its pid is the process group that a
+            // cancellation signals.
+            s.push_str(&format!("printf '%s%d\\n' {} \"$$\" >&2\n", quote(marker)));
+        }
+        for (k, v) in &self.env {
+            s.push_str(&format!("export {k}={}\n", quote(v)));
+        }
+        if let Some(dir) = &self.cwd {
+            s.push_str(&format!("cd {} || exit 1\n", quote(dir)));
+        }
+        s.push_str(&self.script);
+        s
+    }
+}
+
+/// Quotes `s` as one word of data for a POSIX shell.
+pub fn quote(s: &str) -> String {
+    shlex::try_quote(s)
+        .map(|q| q.into_owned())
+        .unwrap_or_else(|_| format!("'{}'", s.replace('\0', "").replace('\'', "'\\''")))
+}
+
+impl From<&str> for Command {
+    fn from(s: &str) -> Command {
+        Command::new(s)
+    }
+}
+
+impl From<String> for Command {
+    fn from(s: String) -> Command {
+        Command::new(s)
+    }
+}
+
+impl From<&String> for Command {
+    fn from(s: &String) -> Command {
+        Command::new(s.as_str())
+    }
+}
+
+impl<S: AsRef<str>> From<&[S]> for Command {
+    fn from(list: &[S]) -> Command {
+        Command::new(
+            list.iter()
+                .map(|s| s.as_ref())
+                .collect::<Vec<_>>()
+                .join(" && "),
+        )
+    }
+}
+
+impl<S: AsRef<str>, const N: usize> From<[S; N]> for Command {
+    fn from(list: [S; N]) -> Command {
+        Command::from(&list[..])
+    }
+}
+
+impl<S: AsRef<str>> From<Vec<S>> for Command {
+    fn from(list: Vec<S>) -> Command {
+        Command::from(&list[..])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_script_quotes_values_as_data() {
+        let cmd = Command::new("echo $A")
+            .env("A", "x'; rm -rf /")
+            .cwd("/tmp/a b");
+        let script = cmd.remote_script(Some("M"));
+        assert_eq!(
+            script,
+            "printf '%s%d\\n' M \"$$\" >&2\nexport A=\"x'; rm -rf /\"\ncd '/tmp/a b' || exit 1\necho $A"
+        );
+    }
+}

@@ -1,0 +1,375 @@
+//! Opening an SSH connection: TCP (or a forwarded channel through a bastion), handshake,
+//! host key verification, public key authentication; then the connection's driver starts.
+
+use super::driver::{retry, Connection, Driver, OpenKind, Request, SocketFd, STDIN_CREDIT};
+use super::target::{HostKeyPolicy, Target};
+use crate::error::ErrorKind;
+use crate::process::ProcEvent;
+use base64::Engine;
+use ssh2::{CheckResult, HashType, KnownHostFileKind, MethodType, Session};
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::Arc;
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+/// Connects to `target`, directly or through `via` (the last bastion's connection), and
+/// starts the connection's driver.
+pub(crate) async fn connect(
+    target: &Target,
+    via: Option<&Connection>,
+) -> Result<Connection, ErrorKind> {
+    let (fd, session) = session(target, via).await?;
+    session.set_keepalive(true, target.keepalive.as_secs().max(1) as u32);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let wake = Arc::new(Notify::new());
+    let alive = Arc::new(AtomicBool::new(true));
+    let next_id = Arc::new(AtomicU64::new(1));
+    let pid_marker: Arc<str> = format!("[polyshell-pid-{:016x}]", rand::random::<u64>()).into();
+    let driver = Driver {
+        session,
+        fd,
+        host: target.alias.clone(),
+        keepalive: Some(target.keepalive),
+        rx,
+        wake: wake.clone(),
+        alive: alive.clone(),
+        pid_marker: pid_marker.clone(),
+        next_id: next_id.clone(),
+    };
+    tokio::spawn(driver.run());
+    Ok(Connection {
+        tx,
+        wake,
+        alive,
+        next_id,
+        pid_marker,
+    })
+}
+
+/// An authenticated session to `target`, in non-blocking mode, with its socket's readiness.
+pub(crate) async fn session(
+    target: &Target,
+    via: Option<&Connection>,
+) -> Result<(AsyncFd<SocketFd>, Session), ErrorKind> {
+    let addr = target.addr();
+    let timeout = target.connect_timeout;
+    match tokio::time::timeout(timeout, establish(target, via)).await {
+        Ok(result) => result,
+        Err(_) => Err(ErrorKind::ConnectTimeout { addr, timeout }),
+    }
+}
+
+async fn establish(
+    target: &Target,
+    via: Option<&Connection>,
+) -> Result<(AsyncFd<SocketFd>, Session), ErrorKind> {
+    let addr = target.addr();
+    let mut session = Session::new().map_err(|e| ErrorKind::Handshake {
+        addr: addr.clone(),
+        reason: e.to_string(),
+    })?;
+    let raw_fd = match via {
+        None => {
+            let tcp = tokio::net::TcpStream::connect((target.hostname.as_str(), target.port))
+                .await
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => {
+                        ErrorKind::Refused { addr: addr.clone() }
+                    }
+                    _ => ErrorKind::Unreachable {
+                        addr: addr.clone(),
+                        reason: e.to_string(),
+                    },
+                })?;
+            let _ = tcp.set_nodelay(true);
+            let tcp = tcp.into_std()?;
+            tcp.set_nonblocking(true)?;
+            let fd = tcp.as_raw_fd();
+            session.set_tcp_stream(tcp);
+            fd
+        }
+        Some(bastion) => {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()?;
+            ours.set_nonblocking(true)?;
+            theirs.set_nonblocking(true)?;
+            bridge(
+                bastion,
+                &target.hostname,
+                target.port,
+                tokio::net::UnixStream::from_std(theirs)?,
+            );
+            let fd = ours.as_raw_fd();
+            session.set_tcp_stream(ours);
+            fd
+        }
+    };
+    session.set_blocking(false);
+    // SAFETY: the session owns the socket and outlives this registration: every holder
+    // of the pair drops the AsyncFd first (tuple order, field order in Driver).
+    let fd = unsafe { AsyncFd::register(SocketFd(raw_fd)) }.map_err(std::io::Error::from)?;
+
+    let known_types = known_key_types(target);
+    if !known_types.is_empty() {
+        // libssh2 compares against keys of any type: offer only the types we know for this
+        // host, or a host recorded with ed25519 "mismatches" when RSA is negotiated.
+        let _ = session.method_pref(MethodType::HostKey, &known_types.join(","));
+    }
+    let mut handshaking = session.clone();
+    retry(&session, &fd, || handshaking.handshake())
+        .await
+        .map_err(|e| ErrorKind::Handshake {
+            addr: addr.clone(),
+            reason: e.message().to_owned(),
+        })?;
+    verify_host_key(&session, target)?;
+    authenticate(&session, &fd, target).await?;
+    Ok((fd, session))
+}
+
+/// Copies bytes between a local socket and a `direct-tcpip` channel of the bastion.
+fn bridge(bastion: &Connection, host: &str, port: u16, sock: tokio::net::UnixStream) {
+    let process = super::SshProcess::open(
+        bastion,
+        OpenKind::Forward {
+            host: host.to_owned(),
+            port,
+        },
+    );
+    tokio::spawn(async move {
+        let Ok(mut process) = process else { return };
+        let (mut read_half, mut write_half) = sock.into_split();
+        let credit = process.credit.clone();
+        let tx = process.conn.tx.clone();
+        let id = process.id;
+        let upstream = async move {
+            let mut buf = vec![0u8; 32 * 1024];
+            loop {
+                match read_half.read(&mut buf).await {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(Request::Eof { id });
+                        return;
+                    }
+                    Ok(n) => {
+                        let Ok(permits) = credit.acquire_many(n as u32).await else {
+                            return;
+                        };
+                        permits.forget();
+                        if tx
+                            .send(Request::Stdin {
+                                id,
+                                data: buf[..n].to_vec(),
+                            })
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        };
+        let downstream = async {
+            loop {
+                match process.next_event().await {
+                    ProcEvent::Output(_, chunk) => {
+                        if write_half.write_all(&chunk).await.is_err() {
+                            return;
+                        }
+                    }
+                    ProcEvent::Exit(_) | ProcEvent::Failed(_) => return,
+                }
+            }
+        };
+        tokio::select! {
+            _ = upstream => {}
+            _ = downstream => {}
+        }
+        process.finished = true;
+    });
+}
+
+/// Key types recorded for this host in its known_hosts files (plain entries only).
+fn known_key_types(target: &Target) -> Vec<String> {
+    let wanted = if target.port == 22 {
+        target.hostname.clone()
+    } else {
+        format!("[{}]:{}", target.hostname, target.port)
+    };
+    let mut types = Vec::new();
+    for file in &target.known_hosts {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for line in text.lines() {
+            let mut fields = line.split_whitespace();
+            let Some(hosts) = fields.next() else { continue };
+            if hosts.starts_with('#') || hosts.starts_with('@') {
+                continue;
+            }
+            if hosts.split(',').any(|h| h == wanted) {
+                if let Some(kind) = fields.next() {
+                    match kind {
+                        "ssh-rsa" => types
+                            .extend(["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"].map(String::from)),
+                        other => types.push(other.to_owned()),
+                    }
+                }
+            }
+        }
+    }
+    types.dedup();
+    types
+}
+
+fn fingerprint(session: &Session) -> String {
+    match session.host_key_hash(HashType::Sha256) {
+        Some(hash) => format!(
+            "SHA256:{}",
+            base64::engine::general_purpose::STANDARD_NO_PAD.encode(hash)
+        ),
+        None => "fingerprint unknown".into(),
+    }
+}
+
+fn verify_host_key(session: &Session, target: &Target) -> Result<(), ErrorKind> {
+    let files = target
+        .known_hosts
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let host_label = if target.port == 22 {
+        target.hostname.clone()
+    } else {
+        format!("[{}]:{}", target.hostname, target.port)
+    };
+    if target.policy == HostKeyPolicy::Off {
+        tracing::warn!(
+            host = %host_label,
+            "HOST KEY CHECKING IS OFF for {host_label}: the connection may be intercepted ({})",
+            fingerprint(session)
+        );
+        return Ok(());
+    }
+    let (key, key_type) = session.host_key().ok_or_else(|| ErrorKind::Handshake {
+        addr: target.addr(),
+        reason: "the server sent no host key".into(),
+    })?;
+    let mut known = session.known_hosts().map_err(|e| ErrorKind::Handshake {
+        addr: target.addr(),
+        reason: e.to_string(),
+    })?;
+    for file in &target.known_hosts {
+        if file.exists() {
+            let _ = known.read_file(file, KnownHostFileKind::OpenSSH);
+        }
+    }
+    match known.check_port(&target.hostname, target.port, key) {
+        CheckResult::Match => Ok(()),
+        CheckResult::Mismatch => Err(ErrorKind::HostKeyChanged {
+            host: host_label,
+            fingerprint: fingerprint(session),
+            known_hosts: files,
+        }),
+        CheckResult::NotFound | CheckResult::Failure
+            if target.policy == HostKeyPolicy::AcceptNew =>
+        {
+            let type_name = match key_type {
+                ssh2::HostKeyType::Rsa => "ssh-rsa",
+                ssh2::HostKeyType::Dss => "ssh-dss",
+                ssh2::HostKeyType::Ecdsa256 => "ecdsa-sha2-nistp256",
+                ssh2::HostKeyType::Ecdsa384 => "ecdsa-sha2-nistp384",
+                ssh2::HostKeyType::Ecdsa521 => "ecdsa-sha2-nistp521",
+                ssh2::HostKeyType::Ed25519 => "ssh-ed25519",
+                ssh2::HostKeyType::Unknown => "unknown",
+            };
+            let line = format!(
+                "{host_label} {type_name} {}\n",
+                base64::engine::general_purpose::STANDARD.encode(key)
+            );
+            if let Some(file) = target.known_hosts.first() {
+                append(file, &line).map_err(|e| ErrorKind::Handshake {
+                    addr: target.addr(),
+                    reason: format!("cannot record the host key in {}: {e}", file.display()),
+                })?;
+            }
+            tracing::warn!(host = %host_label, "recorded the new host key of {host_label} ({})", fingerprint(session));
+            Ok(())
+        }
+        CheckResult::NotFound | CheckResult::Failure => Err(ErrorKind::HostKeyUnknown {
+            host: host_label,
+            fingerprint: fingerprint(session),
+            known_hosts: files,
+        }),
+    }
+}
+
+fn append(file: &Path, line: &str) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)?;
+    f.write_all(line.as_bytes())
+}
+
+async fn authenticate(
+    session: &Session,
+    fd: &AsyncFd<SocketFd>,
+    target: &Target,
+) -> Result<(), ErrorKind> {
+    let user = target.user.as_str();
+    let mut tried = Vec::new();
+    if !target.identities_only && std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        if let Ok(mut agent) = session.agent() {
+            if agent.connect().is_ok() && agent.list_identities().is_ok() {
+                let identities = agent.identities().unwrap_or_default();
+                tried.push(format!("ssh-agent ({} keys)", identities.len()));
+                for identity in identities {
+                    if retry(session, fd, || agent.userauth(user, &identity))
+                        .await
+                        .is_ok()
+                    {
+                        let _ = agent.disconnect();
+                        return Ok(());
+                    }
+                }
+                let _ = agent.disconnect();
+            }
+        }
+    }
+    for key in &target.identities {
+        if !key.exists() {
+            continue;
+        }
+        tried.push(key.display().to_string());
+        if retry(session, fd, || {
+            session.userauth_pubkey_file(user, None, key, None)
+        })
+        .await
+        .is_ok()
+            && session.authenticated()
+        {
+            return Ok(());
+        }
+    }
+    Err(ErrorKind::AuthFailed {
+        user: user.to_owned(),
+        host: target.addr(),
+        tried: if tried.is_empty() {
+            "no key (no ssh-agent, no identity file found)".into()
+        } else {
+            tried.join(", ")
+        },
+    })
+}
+
+/// A credit pool for one channel's stdin.
+pub(crate) fn new_credit() -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(STDIN_CREDIT))
+}

@@ -1,0 +1,641 @@
+//! One task per SSH connection drives libssh2 in non-blocking mode: it multiplexes every
+//! channel of the connection (commands and forwarded ports), so concurrent commands on one
+//! site run concurrently on one connection, and it is the only code that touches the
+//! session, so no call ever blocks a thread and no wake-up is lost between channels.
+
+use crate::error::ErrorKind;
+use crate::output::{signal_number, ExitStatus, Stream};
+use crate::process::ProcEvent;
+use ssh2::{BlockDirections, Channel, Session};
+use std::collections::VecDeque;
+use std::io::{ErrorKind as IoKind, Read, Write};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+
+/// libssh2's "would block".
+const EAGAIN: i32 = -37;
+const CHUNK: usize = 32 * 1024;
+/// Bytes of stdin a writer may have in flight to one channel.
+pub(crate) const STDIN_CREDIT: usize = 1024 * 1024;
+
+/// The session's socket, borrowed for readiness only (the session owns and closes it).
+pub(crate) struct SocketFd(pub(crate) RawFd);
+
+impl AsRawFd for SocketFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+pub(crate) fn is_eagain(err: &ssh2::Error) -> bool {
+    matches!(err.code(), ssh2::ErrorCode::Session(EAGAIN))
+}
+
+/// Waits until the socket is ready in the direction libssh2 last blocked on.
+pub(crate) async fn wait_socket(session: &Session, fd: &AsyncFd<SocketFd>) -> std::io::Result<()> {
+    let dirs = session.block_directions();
+    if matches!(dirs, BlockDirections::Outbound) {
+        fd.writable().await?.clear_ready();
+    } else {
+        fd.readable().await?.clear_ready();
+    }
+    Ok(())
+}
+
+/// Runs a libssh2 call to completion, waiting on the socket whenever it would block.
+pub(crate) async fn retry<T>(
+    session: &Session,
+    fd: &AsyncFd<SocketFd>,
+    mut call: impl FnMut() -> Result<T, ssh2::Error>,
+) -> Result<T, ssh2::Error> {
+    loop {
+        match call() {
+            Err(e) if is_eagain(&e) => {
+                wait_socket(session, fd).await.map_err(|io| {
+                    ssh2::Error::new(ssh2::ErrorCode::Session(-7), leak(io.to_string()))
+                })?;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn leak(s: String) -> &'static str {
+    // ssh2::Error wants a static message; socket errors are rare and end the connection.
+    Box::leak(s.into_boxed_str())
+}
+
+/// What a channel is for.
+#[derive(Debug)]
+pub(crate) enum OpenKind {
+    Exec(String),
+    Forward { host: String, port: u16 },
+}
+
+pub(crate) enum Request {
+    Open {
+        id: u64,
+        kind: OpenKind,
+        events: mpsc::Sender<ProcEvent>,
+        full: Arc<AtomicBool>,
+        credit: Arc<Semaphore>,
+    },
+    Stdin {
+        id: u64,
+        data: Vec<u8>,
+    },
+    Eof {
+        id: u64,
+    },
+    /// Terminate the command's process group (by a kill on a new channel), then close.
+    Terminate {
+        id: u64,
+        done: Option<oneshot::Sender<()>>,
+    },
+}
+
+/// A handle to a connection's driver; clones share it. The driver ends when every handle is
+/// gone and no channel is open.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    pub(crate) tx: mpsc::UnboundedSender<Request>,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) alive: Arc<AtomicBool>,
+    pub(crate) next_id: Arc<AtomicU64>,
+    pub(crate) pid_marker: Arc<str>,
+}
+
+impl Connection {
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire) && !self.tx.is_closed()
+    }
+}
+
+pub(crate) struct Driver {
+    // Declared (so dropped) before the session, which owns and closes the socket.
+    pub(crate) fd: AsyncFd<SocketFd>,
+    pub(crate) session: Session,
+    pub(crate) host: String,
+    pub(crate) keepalive: Option<Duration>,
+    pub(crate) rx: mpsc::UnboundedReceiver<Request>,
+    pub(crate) wake: Arc<Notify>,
+    pub(crate) alive: Arc<AtomicBool>,
+    pub(crate) pid_marker: Arc<str>,
+    pub(crate) next_id: Arc<AtomicU64>,
+}
+
+enum State {
+    Opening,
+    Starting(Channel),
+    Running(Channel),
+    Closing(Channel),
+    Done,
+}
+
+struct Op {
+    id: u64,
+    kind: OpenKind,
+    state: State,
+    events: mpsc::Sender<ProcEvent>,
+    full: Arc<AtomicBool>,
+    credit: Arc<Semaphore>,
+    parked: Option<ProcEvent>,
+    stdin: VecDeque<Vec<u8>>,
+    stdin_eof: bool,
+    eof_sent: bool,
+    out_eof: [bool; 2],
+    /// The remote process group, read from the first line of stderr.
+    pid: Option<u32>,
+    /// Stderr held back while looking for the pid line.
+    head: Option<Vec<u8>>,
+    /// Terminations waiting for this op (a kill op) to finish.
+    on_done: Vec<oneshot::Sender<()>>,
+    /// An op started by the driver itself (a kill): nobody reads its events.
+    internal: bool,
+}
+
+/// Whether a libssh2 error ends the whole connection rather than one channel.
+fn is_fatal(err: &ssh2::Error) -> bool {
+    // Socket send/recv failures, disconnects, timeouts, protocol and key exchange errors.
+    matches!(
+        err.code(),
+        ssh2::ErrorCode::Session(-7 | -9 | -13 | -14 | -43 | -8 | -5 | -45)
+    )
+}
+
+impl Driver {
+    pub(crate) async fn run(mut self) {
+        let mut ops: Vec<Op> = Vec::new();
+        let mut opening: Option<u64> = None;
+        let mut requests_open = true;
+        let mut last_heard = Instant::now();
+        let mut next_keepalive = self.keepalive.map(|k| tokio::time::Instant::now() + k);
+        let mut spins = 0u32;
+        loop {
+            while requests_open {
+                match self.rx.try_recv() {
+                    Ok(req) => self.handle(req, &mut ops),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => requests_open = false,
+                }
+            }
+            let progress = match self.step_all(&mut ops, &mut opening) {
+                Ok(p) => p,
+                Err(reason) => return self.die(ops, reason),
+            };
+            if !requests_open && ops.is_empty() {
+                let _ = self.session.disconnect(None, "done", None);
+                return;
+            }
+            if progress {
+                spins += 1;
+                if spins % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+                continue;
+            }
+            let want_write = matches!(
+                self.session.block_directions(),
+                BlockDirections::Outbound | BlockDirections::Both
+            );
+            let keepalive_at = next_keepalive;
+            tokio::select! {
+                ready = self.fd.readable() => match ready {
+                    Ok(mut guard) => {
+                        last_heard = Instant::now();
+                        match self.step_all(&mut ops, &mut opening) {
+                            Ok(true) => {}
+                            Ok(false) => guard.clear_ready(),
+                            Err(reason) => return self.die(ops, reason),
+                        }
+                    }
+                    Err(err) => return self.die(ops, err.to_string()),
+                },
+                ready = self.fd.writable(), if want_write => match ready {
+                    Ok(mut guard) => match self.step_all(&mut ops, &mut opening) {
+                        Ok(true) => {}
+                        Ok(false) => guard.clear_ready(),
+                        Err(reason) => return self.die(ops, reason),
+                    },
+                    Err(err) => return self.die(ops, err.to_string()),
+                },
+                req = self.rx.recv(), if requests_open => match req {
+                    Some(req) => self.handle(req, &mut ops),
+                    None => requests_open = false,
+                },
+                _ = self.wake.notified() => {}
+                _ = sleep_until(keepalive_at), if keepalive_at.is_some() => {
+                    let interval = self.keepalive.unwrap_or(Duration::from_secs(15));
+                    if last_heard.elapsed() > interval * 3 {
+                        return self.die(ops, format!("no answer to keepalives for {}s", (interval * 3).as_secs()));
+                    }
+                    let _ = self.session.keepalive_send();
+                    next_keepalive = Some(tokio::time::Instant::now() + interval);
+                }
+            }
+        }
+    }
+
+    fn die(self, ops: Vec<Op>, reason: String) {
+        self.alive.store(false, Ordering::Release);
+        for op in ops {
+            let _ = op
+                .events
+                .try_send(ProcEvent::Failed(ErrorKind::ConnectionLost {
+                    host: self.host.clone(),
+                    reason: reason.clone(),
+                }));
+            for done in op.on_done {
+                let _ = done.send(());
+            }
+        }
+        // Nobody may block on a dead session: drop it without a polite disconnect.
+    }
+
+    fn handle(&self, req: Request, ops: &mut Vec<Op>) {
+        match req {
+            Request::Open {
+                id,
+                kind,
+                events,
+                full,
+                credit,
+            } => ops.push(Op::new(id, kind, events, full, credit, false)),
+            Request::Stdin { id, data } => {
+                if let Some(op) = ops.iter_mut().find(|o| o.id == id) {
+                    op.stdin.push_back(data);
+                } else {
+                    // The channel is gone; nothing will consume the credit the writer took.
+                }
+            }
+            Request::Eof { id } => {
+                if let Some(op) = ops.iter_mut().find(|o| o.id == id) {
+                    op.stdin_eof = true;
+                }
+            }
+            Request::Terminate { id, done } => self.terminate(id, done, ops),
+        }
+    }
+
+    fn terminate(&self, id: u64, done: Option<oneshot::Sender<()>>, ops: &mut Vec<Op>) {
+        let Some(op) = ops.iter_mut().find(|o| o.id == id) else {
+            if let Some(done) = done {
+                let _ = done.send(());
+            }
+            return;
+        };
+        let pid = op.pid;
+        // Whatever the command still prints, nobody reads it any more.
+        op.internal = true;
+        op.stdin.clear();
+        op.stdin_eof = true;
+        op.state = match std::mem::replace(&mut op.state, State::Done) {
+            State::Running(ch) | State::Starting(ch) | State::Closing(ch) => State::Closing(ch),
+            State::Opening | State::Done => State::Done,
+        };
+        match pid {
+            Some(pid) => {
+                let script = format!(
+                    "kill -TERM -- -{pid} 2>/dev/null; i=0; while kill -0 -- -{pid} 2>/dev/null && [ $i -lt 20 ]; \
+                     do sleep 0.1; i=$((i+1)); done; kill -KILL -- -{pid} 2>/dev/null; true"
+                );
+                let (events, _) = mpsc::channel(1);
+                let kill_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                let mut kill = Op::new(
+                    kill_id,
+                    OpenKind::Exec(script),
+                    events,
+                    Arc::default(),
+                    Arc::new(Semaphore::new(0)),
+                    true,
+                );
+                kill.stdin_eof = true;
+                kill.on_done.extend(done);
+                ops.push(kill);
+            }
+            None => {
+                if let Some(done) = done {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Advances every channel as far as it goes without blocking. `Err` ends the connection.
+    fn step_all(&self, ops: &mut Vec<Op>, opening: &mut Option<u64>) -> Result<bool, String> {
+        let mut progress = false;
+        for op in ops.iter_mut() {
+            progress |= self.step(op, opening)?;
+        }
+        let before = ops.len();
+        ops.retain_mut(|op| {
+            if matches!(op.state, State::Done) && op.parked.is_none() {
+                for done in op.on_done.drain(..) {
+                    let _ = done.send(());
+                }
+                false
+            } else {
+                true
+            }
+        });
+        Ok(progress || ops.len() != before)
+    }
+
+    fn step(&self, op: &mut Op, opening: &mut Option<u64>) -> Result<bool, String> {
+        if let Some(event) = op.parked.take() {
+            match op.events.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    op.parked = Some(event);
+                    op.full.store(true, Ordering::Release);
+                    return Ok(false);
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => op.internal = true,
+            }
+        }
+        match std::mem::replace(&mut op.state, State::Done) {
+            State::Opening => {
+                if opening.is_some_and(|o| o != op.id) {
+                    op.state = State::Opening; // libssh2 opens one channel at a time
+                    return Ok(false);
+                }
+                let opened = match &op.kind {
+                    OpenKind::Exec(_) => self.session.channel_session(),
+                    OpenKind::Forward { host, port } => {
+                        self.session.channel_direct_tcpip(host, *port, None)
+                    }
+                };
+                match opened {
+                    Ok(ch) => {
+                        *opening = None;
+                        op.state = match op.kind {
+                            OpenKind::Exec(_) => State::Starting(ch),
+                            OpenKind::Forward { .. } => State::Running(ch),
+                        };
+                        Ok(true)
+                    }
+                    Err(e) if is_eagain(&e) => {
+                        *opening = Some(op.id);
+                        op.state = State::Opening;
+                        Ok(false)
+                    }
+                    Err(e) => {
+                        *opening = None;
+                        if is_fatal(&e) {
+                            return Err(e.to_string());
+                        }
+                        op.finish(ProcEvent::Failed(ErrorKind::Channel(e.to_string())));
+                        Ok(true)
+                    }
+                }
+            }
+            State::Starting(mut ch) => {
+                let OpenKind::Exec(script) = &op.kind else {
+                    op.state = State::Running(ch);
+                    return Ok(true);
+                };
+                match ch.exec(script) {
+                    Ok(()) => {
+                        op.state = State::Running(ch);
+                        Ok(true)
+                    }
+                    Err(e) if is_eagain(&e) => {
+                        op.state = State::Starting(ch);
+                        Ok(false)
+                    }
+                    Err(e) if is_fatal(&e) => Err(e.to_string()),
+                    Err(e) => {
+                        op.state = State::Closing(ch);
+                        op.finish(ProcEvent::Failed(ErrorKind::Channel(e.to_string())));
+                        Ok(true)
+                    }
+                }
+            }
+            State::Running(mut ch) => {
+                let progress = op.pump(&mut ch, &self.pid_marker, &self.session)?;
+                let streams = if matches!(op.kind, OpenKind::Exec(_)) {
+                    2
+                } else {
+                    1
+                };
+                if op.out_eof[..streams].iter().all(|e| *e) && op.parked.is_none() {
+                    op.state = State::Closing(ch);
+                    return Ok(true);
+                }
+                op.state = State::Running(ch);
+                Ok(progress)
+            }
+            State::Closing(mut ch) => {
+                let closed = ch.close().and_then(|()| ch.wait_close());
+                match closed {
+                    Ok(()) => {
+                        let status = match ch.exit_signal() {
+                            Ok(sig) if sig.exit_signal.is_some() => ExitStatus::Signal(
+                                signal_number(sig.exit_signal.as_deref().unwrap_or("")),
+                            ),
+                            _ => ExitStatus::Code(ch.exit_status().unwrap_or(-1)),
+                        };
+                        op.finish(ProcEvent::Exit(status));
+                        Ok(true)
+                    }
+                    Err(e) if is_eagain(&e) => {
+                        op.state = State::Closing(ch);
+                        Ok(false)
+                    }
+                    Err(e) if is_fatal(&e) => Err(e.to_string()),
+                    Err(e) => {
+                        op.finish(ProcEvent::Failed(ErrorKind::Channel(e.to_string())));
+                        Ok(true)
+                    }
+                }
+            }
+            State::Done => Ok(false),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Op {
+    fn new(
+        id: u64,
+        kind: OpenKind,
+        events: mpsc::Sender<ProcEvent>,
+        full: Arc<AtomicBool>,
+        credit: Arc<Semaphore>,
+        internal: bool,
+    ) -> Op {
+        let head = matches!(kind, OpenKind::Exec(_)).then(Vec::new);
+        Op {
+            id,
+            kind,
+            state: State::Opening,
+            events,
+            full,
+            credit,
+            parked: None,
+            stdin: VecDeque::new(),
+            stdin_eof: false,
+            eof_sent: false,
+            out_eof: [false; 2],
+            pid: None,
+            head,
+            on_done: Vec::new(),
+            internal,
+        }
+    }
+
+    /// Sends the last event; the op is done once it is delivered.
+    fn finish(&mut self, event: ProcEvent) {
+        self.deliver(event);
+        if !matches!(self.state, State::Closing(_)) {
+            self.state = State::Done;
+        }
+    }
+
+    /// Queues an event for the reader; false when the reader's queue is full (parked).
+    fn deliver(&mut self, event: ProcEvent) -> bool {
+        if self.internal {
+            return true;
+        }
+        match self.events.try_send(event) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(event)) => {
+                self.parked = Some(event);
+                self.full.store(true, Ordering::Release);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.internal = true;
+                true
+            }
+        }
+    }
+
+    /// Moves stdin out and output in, a bounded amount per call (fairness between channels).
+    fn pump(&mut self, ch: &mut Channel, marker: &str, session: &Session) -> Result<bool, String> {
+        let mut progress = false;
+        while let Some(front) = self.stdin.front_mut() {
+            match ch.write(front) {
+                Ok(n) => {
+                    self.credit.add_permits(n);
+                    progress = true;
+                    if n == front.len() {
+                        self.stdin.pop_front();
+                    } else {
+                        front.drain(..n);
+                    }
+                }
+                Err(e) if e.kind() == IoKind::WouldBlock => break,
+                Err(_) => {
+                    // The remote side stopped reading (e.g. exited): drop the rest.
+                    let rest: usize = self.stdin.drain(..).map(|b| b.len()).sum();
+                    self.credit.add_permits(rest);
+                    self.stdin_eof = true;
+                    self.eof_sent = true;
+                }
+            }
+        }
+        if self.stdin.is_empty() && self.stdin_eof && !self.eof_sent {
+            match ch.send_eof() {
+                Ok(()) => {
+                    self.eof_sent = true;
+                    progress = true;
+                }
+                Err(e) if is_eagain(&e) => {}
+                Err(e) if is_fatal(&e) => return Err(e.to_string()),
+                Err(_) => self.eof_sent = true,
+            }
+        }
+        let streams = if matches!(self.kind, OpenKind::Exec(_)) {
+            2
+        } else {
+            1
+        };
+        let mut buf = [0u8; CHUNK];
+        for index in 0..streams {
+            for _ in 0..4 {
+                if self.out_eof[index] || self.parked.is_some() {
+                    break;
+                }
+                let read = if index == 0 {
+                    ch.read(&mut buf)
+                } else {
+                    ch.stderr().read(&mut buf)
+                };
+                match read {
+                    Ok(0) => {
+                        self.out_eof[index] = true;
+                        progress = true;
+                        if index == 1 {
+                            self.flush_head();
+                        }
+                    }
+                    Ok(n) => {
+                        progress = true;
+                        if index == 0 {
+                            self.deliver(ProcEvent::Output(Stream::Stdout, buf[..n].to_vec()));
+                        } else {
+                            self.stderr(&buf[..n], marker);
+                        }
+                    }
+                    Err(e) if e.kind() == IoKind::WouldBlock => break,
+                    Err(e) => {
+                        // Channel-level trouble ends the channel; socket trouble the session.
+                        match ssh2::Error::last_session_error(session) {
+                            Some(last) if is_fatal(&last) => return Err(last.to_string()),
+                            None if e.kind() == IoKind::TimedOut => return Err(e.to_string()),
+                            _ => {}
+                        }
+                        self.out_eof = [true; 2];
+                        progress = true;
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    fn stderr(&mut self, chunk: &[u8], marker: &str) {
+        let Some(head) = self.head.as_mut() else {
+            self.deliver(ProcEvent::Output(Stream::Stderr, chunk.to_vec()));
+            return;
+        };
+        head.extend_from_slice(chunk);
+        let marker = marker.as_bytes();
+        if let Some(at) = memchr::memmem::find(head, marker) {
+            if let Some(end) = memchr::memchr(b'\n', &head[at..]).map(|e| at + e) {
+                let digits = &head[at + marker.len()..end];
+                self.pid = std::str::from_utf8(digits)
+                    .ok()
+                    .and_then(|d| d.trim().parse().ok());
+                let mut rest = head[..at].to_vec();
+                rest.extend_from_slice(&head[end + 1..]);
+                self.head = None;
+                if !rest.is_empty() {
+                    self.deliver(ProcEvent::Output(Stream::Stderr, rest));
+                }
+            }
+        } else if head.len() > 4096 {
+            self.flush_head();
+        }
+    }
+
+    fn flush_head(&mut self) {
+        if let Some(head) = self.head.take() {
+            if !head.is_empty() {
+                self.deliver(ProcEvent::Output(Stream::Stderr, head));
+            }
+        }
+    }
+}

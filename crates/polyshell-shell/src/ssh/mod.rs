@@ -1,0 +1,281 @@
+//! The SSH transport: libssh2 (through `ssh2`) in non-blocking mode, driven by tokio on a
+//! small runtime of its own (`polyshell-ssh` threads, one per core), one connection per
+//! shell reused for every command, concurrent commands multiplexed on it.
+
+mod connect;
+mod driver;
+mod sftp;
+mod target;
+
+pub use target::{HostKeyPolicy, SshOptions};
+
+use crate::error::ErrorKind;
+use crate::process::{ProcEvent, Process};
+use crate::{Command, Transport};
+use async_trait::async_trait;
+use driver::{Connection, OpenKind, Request};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Events a channel may queue for its reader before the driver stops reading it (the SSH
+/// window then fills and the remote side waits): bounded memory for any output size.
+const EVENT_QUEUE: usize = 8;
+
+/// The runtime that drives every SSH connection of this process. Callers may use any
+/// runtime (even a current-thread one): they talk to connections through channels.
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        raise_fd_limit();
+        let threads = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("polyshell-ssh")
+            .enable_all()
+            .build()
+            .expect("cannot start the polyshell-ssh runtime")
+    })
+}
+
+/// How many connections may be in their handshake at once: handshakes cost CPU on both
+/// ends, and a flood only makes every one of them slower (and trips sshd's MaxStartups).
+fn handshake_slots() -> &'static Semaphore {
+    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
+    SLOTS.get_or_init(|| {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        Semaphore::new((cores * 16).max(32))
+    })
+}
+
+/// Each connection holds a socket (and a forwarded site two): raise the soft file limit to
+/// the hard one, once, so a thousand sites do not hit EMFILE at the default 1024.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+/// Connects through every bastion in turn, then to the target.
+async fn open(opts: SshOptions) -> Result<Connection, ErrorKind> {
+    let target = target::resolve(&opts)?;
+    let mut via: Option<Connection> = None;
+    for spec in &target.jumps {
+        let jump = target::resolve(&target::jump_options(spec, &opts))?;
+        via = Some(connect_one(&jump, via.as_ref()).await?);
+    }
+    connect_one(&target, via.as_ref()).await
+}
+
+async fn connect_one(
+    target: &target::Target,
+    via: Option<&Connection>,
+) -> Result<Connection, ErrorKind> {
+    let _slot = handshake_slots().acquire().await;
+    connect::connect(target, via).await
+}
+
+/// The libssh2 transport of one site.
+pub(crate) struct SshTransport {
+    opts: SshOptions,
+    conn: tokio::sync::Mutex<Option<Connection>>,
+}
+
+impl SshTransport {
+    pub(crate) fn new(opts: SshOptions) -> SshTransport {
+        SshTransport {
+            opts,
+            conn: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// The live connection, connecting (again) when there is none.
+    async fn connection(&self) -> Result<Connection, ErrorKind> {
+        let mut conn = self.conn.lock().await;
+        if let Some(c) = conn.as_ref().filter(|c| c.is_alive()) {
+            return Ok(c.clone());
+        }
+        let opts = self.opts.clone();
+        let fresh = runtime()
+            .spawn(open(opts))
+            .await
+            .map_err(|e| ErrorKind::Channel(format!("connection task failed: {e}")))??;
+        *conn = Some(fresh.clone());
+        Ok(fresh)
+    }
+}
+
+#[async_trait]
+impl Transport for SshTransport {
+    async fn spawn(&self, command: &Command) -> Result<Box<dyn Process>, ErrorKind> {
+        let conn = self.connection().await?;
+        let script = command.remote_script(Some(&conn.pid_marker));
+        Ok(Box::new(SshProcess::open(&conn, OpenKind::Exec(script))?))
+    }
+
+    async fn connect(&self) -> Result<(), ErrorKind> {
+        self.connection().await.map(|_| ())
+    }
+
+    async fn upload(&self, local: &Path, remote: &str) -> Result<(), ErrorKind> {
+        let opts = self.opts.clone();
+        let (local, remote) = (local.to_owned(), remote.to_owned());
+        runtime()
+            .spawn(async move { sftp::upload(opts, &local, &remote).await })
+            .await
+            .map_err(|e| ErrorKind::Transfer(format!("transfer task failed: {e}")))?
+    }
+
+    async fn download(&self, remote: &str, local: &Path) -> Result<(), ErrorKind> {
+        let opts = self.opts.clone();
+        let (local, remote) = (local.to_owned(), remote.to_owned());
+        runtime()
+            .spawn(async move { sftp::download(opts, &remote, &local).await })
+            .await
+            .map_err(|e| ErrorKind::Transfer(format!("transfer task failed: {e}")))?
+    }
+
+    fn describe(&self) -> String {
+        format!("ssh {}", self.opts.host)
+    }
+}
+
+/// A command (or forwarded port) on a connection.
+pub(crate) struct SshProcess {
+    conn: Connection,
+    id: u64,
+    events: mpsc::Receiver<ProcEvent>,
+    full: Arc<AtomicBool>,
+    credit: Arc<Semaphore>,
+    finished: bool,
+}
+
+impl SshProcess {
+    fn open(conn: &Connection, kind: OpenKind) -> Result<SshProcess, ErrorKind> {
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let full = Arc::new(AtomicBool::new(false));
+        let credit = connect::new_credit();
+        conn.tx
+            .send(Request::Open {
+                id,
+                kind,
+                events: tx,
+                full: full.clone(),
+                credit: credit.clone(),
+            })
+            .map_err(|_| ErrorKind::ConnectionLost {
+                host: String::new(),
+                reason: "the connection is closed".into(),
+            })?;
+        Ok(SshProcess {
+            conn: conn.clone(),
+            id,
+            events: rx,
+            full,
+            credit,
+            finished: false,
+        })
+    }
+
+    async fn next_event(&mut self) -> ProcEvent {
+        let event = self.events.recv().await;
+        if self.full.swap(false, Ordering::AcqRel) {
+            self.conn.wake.notify_one();
+        }
+        match event {
+            Some(event) => {
+                if matches!(event, ProcEvent::Exit(_) | ProcEvent::Failed(_)) {
+                    self.finished = true;
+                }
+                event
+            }
+            None => {
+                self.finished = true;
+                ProcEvent::Failed(ErrorKind::ConnectionLost {
+                    host: String::new(),
+                    reason: "the connection closed".into(),
+                })
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Process for SshProcess {
+    async fn next(&mut self) -> ProcEvent {
+        self.next_event().await
+    }
+
+    async fn write_stdin(&mut self, data: &[u8]) -> Result<(), ErrorKind> {
+        for chunk in data.chunks(32 * 1024) {
+            let permits = self
+                .credit
+                .acquire_many(chunk.len() as u32)
+                .await
+                .map_err(|_| ErrorKind::Channel("stdin closed".into()))?;
+            permits.forget();
+            if self
+                .conn
+                .tx
+                .send(Request::Stdin {
+                    id: self.id,
+                    data: chunk.to_vec(),
+                })
+                .is_err()
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn close_stdin(&mut self) {
+        let _ = self.conn.tx.send(Request::Eof { id: self.id });
+    }
+
+    async fn terminate(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let (done, wait) = oneshot::channel();
+        if self
+            .conn
+            .tx
+            .send(Request::Terminate {
+                id: self.id,
+                done: Some(done),
+            })
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+        }
+    }
+}
+
+impl Drop for SshProcess {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = self.conn.tx.send(Request::Terminate {
+                id: self.id,
+                done: None,
+            });
+        }
+    }
+}

@@ -1,0 +1,57 @@
+//! Local file copies for local sites, by the same rule as SFTP transfers: a directory copied
+//! to `to` makes `to` a copy of it; a file goes to `to`, or into `to` when it is a directory.
+
+use crate::error::ErrorKind;
+use std::path::{Path, PathBuf};
+
+pub(crate) async fn copy(from: &Path, to: &Path) -> Result<(), ErrorKind> {
+    let (from, to) = (from.to_owned(), to.to_owned());
+    tokio::task::spawn_blocking(move || copy_blocking(&from, &to))
+        .await
+        .map_err(|e| ErrorKind::Transfer(format!("copy thread failed: {e}")))?
+}
+
+fn err(path: &Path, e: std::io::Error) -> ErrorKind {
+    ErrorKind::Transfer(format!("{}: {e}", path.display()))
+}
+
+fn copy_blocking(from: &Path, to: &Path) -> Result<(), ErrorKind> {
+    let meta = std::fs::symlink_metadata(from).map_err(|e| err(from, e))?;
+    if meta.is_dir() {
+        std::fs::create_dir_all(to).map_err(|e| err(to, e))?;
+        copy_tree(from, to)
+    } else {
+        let dest: PathBuf = if to.is_dir() {
+            to.join(from.file_name().unwrap_or_default())
+        } else {
+            to.to_owned()
+        };
+        if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
+        }
+        std::fs::copy(from, &dest).map_err(|e| err(&dest, e))?;
+        Ok(())
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<(), ErrorKind> {
+    for entry in std::fs::read_dir(from).map_err(|e| err(from, e))? {
+        let entry = entry.map_err(|e| err(from, e))?;
+        let path = entry.path();
+        let dest = to.join(entry.file_name());
+        let meta = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e))?;
+        if meta.file_type().is_symlink() {
+            let link = std::fs::read_link(&path).map_err(|e| err(&path, e))?;
+            let _ = std::fs::remove_file(&dest);
+            std::os::unix::fs::symlink(link, &dest).map_err(|e| err(&dest, e))?;
+        } else if meta.is_dir() {
+            std::fs::create_dir_all(&dest).map_err(|e| err(&dest, e))?;
+            copy_tree(&path, &dest)?;
+            std::fs::set_permissions(&dest, meta.permissions()).map_err(|e| err(&dest, e))?;
+        } else {
+            // std::fs::copy keeps the permission bits.
+            std::fs::copy(&path, &dest).map_err(|e| err(&dest, e))?;
+        }
+    }
+    Ok(())
+}
