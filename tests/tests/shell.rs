@@ -286,6 +286,26 @@ async fn proxy_jump_reaches_the_proxied_site_through_the_bastion() {
             .any(|l| l.contains("direct_tcpip") && l.contains("target 127.78.0.2 port 2222")),
         "the bastion's log shows no forwarding to the proxied site"
     );
+    // Two bastions in a row: bastion, then site010, then the proxied site.
+    let mut opts = options(&fleet, "proxied");
+    opts.proxy_jump = Some("bastion,site010".into());
+    let out = bounded(
+        "two jumps",
+        30,
+        Shell::with_ssh(opts).run("echo $SSH_CONNECTION"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        out.stdout_text().split_whitespace().nth(2),
+        Some("127.78.0.2")
+    );
+    let log = std::fs::read_to_string(fleet.log_of(&fleet.bastion)).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("direct_tcpip") && l.contains("target 127.77.0.10 port 2222")),
+        "the first bastion did not forward to the second"
+    );
     // And a transfer through the bastion.
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f"), "via bastion").unwrap();
