@@ -21,6 +21,7 @@ pub struct Command {
     pub(crate) stdin: Option<Vec<u8>>,
     pub(crate) timeout: Option<Duration>,
     pub(crate) capture_limit: usize,
+    pub(crate) pty: bool,
 }
 
 impl Command {
@@ -32,6 +33,7 @@ impl Command {
             stdin: None,
             timeout: None,
             capture_limit: DEFAULT_CAPTURE_LIMIT,
+            pty: false,
         }
     }
 
@@ -73,6 +75,19 @@ impl Command {
     /// the rest still streams to the sink.
     pub fn capture_limit(mut self, bytes: usize) -> Command {
         self.capture_limit = bytes;
+        self
+    }
+
+    /// Runs the command on a pseudo-terminal (SSH only), as hosts with sudo's `requiretty`
+    /// need. stdout and stderr then arrive merged on stdout, lines ending in `\r\n`.
+    pub fn pty(mut self, on: bool) -> Command {
+        self.pty = on;
+        self
+    }
+
+    /// Replaces the script, keeping the options.
+    pub fn with_script(mut self, script: impl Into<String>) -> Command {
+        self.script = script.into();
         self
     }
 

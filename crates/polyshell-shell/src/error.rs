@@ -62,6 +62,8 @@ pub enum ErrorKind {
     ConnectionLost { host: String, reason: String },
     #[error("command timed out after {}s and was terminated", .0.as_secs_f64())]
     Timeout(Duration),
+    #[error("{0}")]
+    Sudo(String),
     #[error("ssh_config: {0}")]
     Config(String),
     #[error("file transfer failed: {0}")]

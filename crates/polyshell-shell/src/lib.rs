@@ -34,6 +34,7 @@ mod local;
 mod output;
 pub mod process;
 mod ssh;
+mod sudo;
 mod transfer;
 
 pub use command::{quote, Command};
@@ -44,9 +45,10 @@ pub use output::{
 pub use ssh::{HostKeyPolicy, SshOptions};
 
 use async_trait::async_trait;
+use polyshell_auth::{NoPrompter, PasswordAgent, TerminalPrompter};
 use process::Process;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// How a shell reaches its site. Implemented for local processes, libssh2 and the system
 /// `ssh` client; implement it to run commands somewhere else (a container, a fake in tests).
@@ -73,6 +75,8 @@ pub struct Shell {
     issuer: Arc<str>,
     transport: Arc<dyn Transport>,
     sink: Option<Arc<dyn OutputSink>>,
+    /// The sudo password agent, made on first use when none was given.
+    agent: Arc<OnceLock<Arc<PasswordAgent>>>,
 }
 
 impl std::fmt::Debug for Shell {
@@ -159,7 +163,51 @@ impl Shell {
             issuer: site.into(),
             transport,
             sink: None,
+            agent: Arc::default(),
         }
+    }
+
+    /// The same shell (same connection) taking sudo passwords from `agent`, which other
+    /// shells may share: one answer then serves them all.
+    pub fn with_password_agent(mut self, agent: Arc<PasswordAgent>) -> Shell {
+        let cell = OnceLock::new();
+        let _ = cell.set(agent);
+        self.agent = Arc::new(cell);
+        self
+    }
+
+    /// The shell's password agent. A shell given none has its own, asking on the terminal
+    /// (or, with no terminal, failing at once with a hint).
+    pub fn password_agent(&self) -> Arc<PasswordAgent> {
+        self.agent
+            .get_or_init(|| {
+                let prompter: Arc<dyn polyshell_auth::Prompter> = if TerminalPrompter::available() {
+                    Arc::new(TerminalPrompter::new(None))
+                } else {
+                    Arc::new(NoPrompter {
+                        hint: "there is no terminal to ask on; give the shell a password agent"
+                            .into(),
+                    })
+                };
+                Arc::new(PasswordAgent::new(&self.site, prompter))
+            })
+            .clone()
+    }
+
+    /// Runs `command` as root through sudo, answering sudo's password prompt from the
+    /// shell's password agent (asked once for all the shells sharing it; a rejected answer
+    /// is asked again, three tries). The prompt never shows in the output.
+    pub async fn sudo(&self, command: impl Into<Command>) -> Result<Output, ShellError> {
+        let command = command.into();
+        self.check(&command)?;
+        sudo::run(
+            self,
+            self.password_agent(),
+            command,
+            sudo::SudoForm::Wrapped,
+        )
+        .await
+        .map_err(|k| self.error(k))
     }
 
     /// The same shell (same connection) with another name for its site in errors.
@@ -211,10 +259,28 @@ impl Shell {
     }
 
     /// Runs a command to its end: exit status and captured output. Output lines stream to
-    /// the sink while it runs. Cancelling the future terminates the command.
+    /// the sink while it runs. Cancelling the future terminates the command. A script that
+    /// starts with `sudo ` goes through [`sudo`](Shell::sudo)'s password handling.
     pub async fn run(&self, command: impl Into<Command>) -> Result<Output, ShellError> {
         let command = command.into();
         self.check(&command)?;
+        if let Some(args) = sudo::leading_sudo(&command.script) {
+            let form = if args.trim_start().starts_with('-') {
+                sudo::SudoForm::Args(args.to_owned())
+            } else {
+                sudo::SudoForm::Wrapped
+            };
+            let command = match form {
+                sudo::SudoForm::Wrapped => {
+                    let script = args.to_owned();
+                    command.with_script(script)
+                }
+                sudo::SudoForm::Args(_) => command,
+            };
+            return sudo::run(self, self.password_agent(), command, form)
+                .await
+                .map_err(|k| self.error(k));
+        }
         let process = self
             .transport
             .spawn(&command)

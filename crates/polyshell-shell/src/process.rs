@@ -29,17 +29,18 @@ pub trait Process: Send {
     async fn terminate(&mut self);
 }
 
-/// Hooks into a running command's stderr, e.g. to answer sudo's prompt.
+/// Hooks into a running command's output, e.g. to answer sudo's prompt.
 #[async_trait]
-pub trait StderrHook: Send {
-    /// Sees every stderr chunk first and returns what remains to show and capture.
+pub trait OutputHook: Send {
+    /// Sees every chunk first and returns what remains to show and capture.
     async fn filter(
         &mut self,
+        stream: Stream,
         chunk: Vec<u8>,
         process: &mut dyn Process,
     ) -> Result<Vec<u8>, ErrorKind>;
-    /// The command ended: anything held back, and a possible error to report instead.
-    fn finish(&mut self) -> Result<Vec<u8>, ErrorKind>;
+    /// The command ended: what was held back of each stream, or an error to report instead.
+    fn finish(&mut self) -> Result<(Vec<u8>, Vec<u8>), ErrorKind>;
 }
 
 /// Drives `process` to its end.
@@ -47,7 +48,7 @@ pub async fn drive(
     mut process: Box<dyn Process>,
     command: &Command,
     sink: Option<(&Arc<dyn OutputSink>, &str)>,
-    mut hook: Option<&mut dyn StderrHook>,
+    mut hook: Option<&mut dyn OutputHook>,
     keep_stdin_open: bool,
 ) -> Result<Output, ErrorKind> {
     if let Some(input) = &command.stdin {
@@ -61,13 +62,15 @@ pub async fn drive(
     let body = async {
         loop {
             match process.next().await {
-                ProcEvent::Output(Stream::Stdout, chunk) => out.push(&chunk, sink),
-                ProcEvent::Output(Stream::Stderr, chunk) => {
+                ProcEvent::Output(stream, chunk) => {
                     let shown = match hook.as_deref_mut() {
-                        Some(h) => h.filter(chunk, process.as_mut()).await?,
+                        Some(h) => h.filter(stream, chunk, process.as_mut()).await?,
                         None => chunk,
                     };
-                    err.push(&shown, sink);
+                    match stream {
+                        Stream::Stdout => out.push(&shown, sink),
+                        Stream::Stderr => err.push(&shown, sink),
+                    }
                 }
                 ProcEvent::Exit(status) => return Ok(status),
                 ProcEvent::Failed(kind) => return Err(kind),
@@ -92,8 +95,9 @@ pub async fn drive(
         }
     };
     if let Some(h) = hook {
-        let rest = h.finish()?;
-        err.push(&rest, sink);
+        let (rest_out, rest_err) = h.finish()?;
+        out.push(&rest_out, sink);
+        err.push(&rest_err, sink);
     }
     let (stdout, stdout_dropped) = out.finish(sink);
     let (stderr, stderr_dropped) = err.finish(sink);

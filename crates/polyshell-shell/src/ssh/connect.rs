@@ -127,6 +127,7 @@ async fn establish(
         })?;
     verify_host_key(&session, target)?;
     authenticate(&session, &fd, target).await?;
+    tracing::debug!(host = %target.alias, addr = %addr, user = %target.user, "connected");
     Ok((fd, session))
 }
 
@@ -348,6 +349,7 @@ async fn authenticate(
             continue;
         }
         tried.push(key.display().to_string());
+        tracing::trace!(host = %target.alias, key = %key.display(), "trying public key");
         if retry(session, fd, || {
             session.userauth_pubkey_file(user, None, key, None)
         })

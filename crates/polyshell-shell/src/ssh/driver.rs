@@ -72,8 +72,15 @@ fn leak(s: String) -> &'static str {
 /// What a channel is for.
 #[derive(Debug)]
 pub(crate) enum OpenKind {
-    Exec(String),
-    Forward { host: String, port: u16 },
+    /// A command; with `pty`, on a pseudo-terminal (stdout and stderr then merge).
+    Exec {
+        script: String,
+        pty: bool,
+    },
+    Forward {
+        host: String,
+        port: u16,
+    },
 }
 
 pub(crate) enum Request {
@@ -156,6 +163,7 @@ struct Op {
     on_done: Vec<oneshot::Sender<()>>,
     /// An op started by the driver itself (a kill): nobody reads its events.
     internal: bool,
+    pty_ready: bool,
 }
 
 /// Whether a libssh2 error ends the whole connection rather than one channel.
@@ -241,6 +249,7 @@ impl Driver {
     }
 
     fn die(self, ops: Vec<Op>, reason: String) {
+        tracing::debug!(host = %self.host, %reason, "connection lost");
         self.alive.store(false, Ordering::Release);
         for op in ops {
             let _ = op
@@ -277,7 +286,10 @@ impl Driver {
                     op.stdin_eof = true;
                 }
             }
-            Request::Terminate { id, done } => self.terminate(id, done, ops),
+            Request::Terminate { id, done } => {
+                tracing::trace!(host = %self.host, id, "terminating a command");
+                self.terminate(id, done, ops)
+            }
         }
     }
 
@@ -307,7 +319,7 @@ impl Driver {
                 let kill_id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let mut kill = Op::new(
                     kill_id,
-                    OpenKind::Exec(script),
+                    OpenKind::Exec { script, pty: false },
                     events,
                     Arc::default(),
                     Arc::new(Semaphore::new(0)),
@@ -364,7 +376,7 @@ impl Driver {
                     return Ok(false);
                 }
                 let opened = match &op.kind {
-                    OpenKind::Exec(_) => self.session.channel_session(),
+                    OpenKind::Exec { .. } => self.session.channel_session(),
                     OpenKind::Forward { host, port } => {
                         self.session.channel_direct_tcpip(host, *port, None)
                     }
@@ -373,7 +385,7 @@ impl Driver {
                     Ok(ch) => {
                         *opening = None;
                         op.state = match op.kind {
-                            OpenKind::Exec(_) => State::Starting(ch),
+                            OpenKind::Exec { .. } => State::Starting(ch),
                             OpenKind::Forward { .. } => State::Running(ch),
                         };
                         Ok(true)
@@ -394,10 +406,27 @@ impl Driver {
                 }
             }
             State::Starting(mut ch) => {
-                let OpenKind::Exec(script) = &op.kind else {
+                let OpenKind::Exec { script, pty } = &op.kind else {
                     op.state = State::Running(ch);
                     return Ok(true);
                 };
+                if *pty && !op.pty_ready {
+                    match ch.request_pty("xterm", None, Some((200, 50, 0, 0))) {
+                        Ok(()) => op.pty_ready = true,
+                        Err(e) if is_eagain(&e) => {
+                            op.state = State::Starting(ch);
+                            return Ok(false);
+                        }
+                        Err(e) if is_fatal(&e) => return Err(e.to_string()),
+                        Err(e) => {
+                            op.state = State::Closing(ch);
+                            op.finish(ProcEvent::Failed(ErrorKind::Channel(format!(
+                                "pty refused: {e}"
+                            ))));
+                            return Ok(true);
+                        }
+                    }
+                }
                 match ch.exec(script) {
                     Ok(()) => {
                         op.state = State::Running(ch);
@@ -417,7 +446,7 @@ impl Driver {
             }
             State::Running(mut ch) => {
                 let progress = op.pump(&mut ch, &self.pid_marker, &self.session)?;
-                let streams = if matches!(op.kind, OpenKind::Exec(_)) {
+                let streams = if matches!(op.kind, OpenKind::Exec { .. }) {
                     2
                 } else {
                     1
@@ -474,7 +503,7 @@ impl Op {
         credit: Arc<Semaphore>,
         internal: bool,
     ) -> Op {
-        let head = matches!(kind, OpenKind::Exec(_)).then(Vec::new);
+        let head = matches!(kind, OpenKind::Exec { .. }).then(Vec::new);
         Op {
             id,
             kind,
@@ -491,6 +520,7 @@ impl Op {
             head,
             on_done: Vec::new(),
             internal,
+            pty_ready: false,
         }
     }
 
@@ -556,8 +586,14 @@ impl Op {
                 Err(_) => self.eof_sent = true,
             }
         }
-        let streams = if matches!(self.kind, OpenKind::Exec(_)) {
+        let streams = if matches!(self.kind, OpenKind::Exec { .. }) {
             2
+        } else {
+            1
+        };
+        // The pid line arrives on stderr, or on the merged stream of a pty.
+        let pid_stream = if matches!(self.kind, OpenKind::Exec { pty: true, .. }) {
+            0
         } else {
             1
         };
@@ -576,16 +612,21 @@ impl Op {
                     Ok(0) => {
                         self.out_eof[index] = true;
                         progress = true;
-                        if index == 1 {
-                            self.flush_head();
+                        if index == pid_stream {
+                            self.flush_head(pid_stream);
                         }
                     }
                     Ok(n) => {
                         progress = true;
-                        if index == 0 {
-                            self.deliver(ProcEvent::Output(Stream::Stdout, buf[..n].to_vec()));
+                        let stream = if index == 0 {
+                            Stream::Stdout
                         } else {
-                            self.stderr(&buf[..n], marker);
+                            Stream::Stderr
+                        };
+                        if index == pid_stream {
+                            self.scan_pid(stream, &buf[..n], marker);
+                        } else {
+                            self.deliver(ProcEvent::Output(stream, buf[..n].to_vec()));
                         }
                     }
                     Err(e) if e.kind() == IoKind::WouldBlock => break,
@@ -606,9 +647,10 @@ impl Op {
         Ok(progress)
     }
 
-    fn stderr(&mut self, chunk: &[u8], marker: &str) {
+    /// Passes output on, except the pid line at its head (looked for in the first 4 KiB).
+    fn scan_pid(&mut self, stream: Stream, chunk: &[u8], marker: &str) {
         let Some(head) = self.head.as_mut() else {
-            self.deliver(ProcEvent::Output(Stream::Stderr, chunk.to_vec()));
+            self.deliver(ProcEvent::Output(stream, chunk.to_vec()));
             return;
         };
         head.extend_from_slice(chunk);
@@ -623,18 +665,23 @@ impl Op {
                 rest.extend_from_slice(&head[end + 1..]);
                 self.head = None;
                 if !rest.is_empty() {
-                    self.deliver(ProcEvent::Output(Stream::Stderr, rest));
+                    self.deliver(ProcEvent::Output(stream, rest));
                 }
             }
         } else if head.len() > 4096 {
-            self.flush_head();
+            self.flush_head(if stream == Stream::Stdout { 0 } else { 1 });
         }
     }
 
-    fn flush_head(&mut self) {
+    fn flush_head(&mut self, index: usize) {
         if let Some(head) = self.head.take() {
             if !head.is_empty() {
-                self.deliver(ProcEvent::Output(Stream::Stderr, head));
+                let stream = if index == 0 {
+                    Stream::Stdout
+                } else {
+                    Stream::Stderr
+                };
+                self.deliver(ProcEvent::Output(stream, head));
             }
         }
     }

@@ -125,7 +125,13 @@ impl Transport for SshTransport {
     async fn spawn(&self, command: &Command) -> Result<Box<dyn Process>, ErrorKind> {
         let conn = self.connection().await?;
         let script = command.remote_script(Some(&conn.pid_marker));
-        Ok(Box::new(SshProcess::open(&conn, OpenKind::Exec(script))?))
+        Ok(Box::new(SshProcess::open(
+            &conn,
+            OpenKind::Exec {
+                script,
+                pty: command.pty,
+            },
+        )?))
     }
 
     async fn connect(&self) -> Result<(), ErrorKind> {
