@@ -1,0 +1,36 @@
+//! Scheduler overhead: 1,000 sites x 100 no-op jobs, site-sequential. Reports time per
+//! action (criterion's time / 100,000).
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use polyshell_sched::{action, Batch, Jobs, LocalShells, Schedule};
+use polyshell_sites::{json, SiteStore};
+use std::sync::Arc;
+
+fn overhead(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sites = SiteStore::new();
+    let names: Vec<String> = (0..1000).map(|i| format!("n{i:04}")).collect();
+    sites.add(&names, "all-nodes", json!({}));
+    let mut jobs = Jobs::new();
+    let list: Vec<String> = (0..100).map(|j| format!("job{j}")).collect();
+    for name in &list {
+        jobs.add(name, "all-nodes", action(|_| async { Ok(()) }));
+    }
+    let batch = Batch::new(sites, jobs, Arc::new(LocalShells));
+    let schedule = Schedule::new(list);
+    let mut group = c.benchmark_group("scheduler");
+    group.sample_size(10);
+    group.bench_function("1000 sites x 100 no-op jobs (100k actions)", |b| {
+        b.iter(|| {
+            let result = rt.block_on(batch.run(&schedule)).unwrap();
+            assert_eq!(result.outcomes.len(), 100_000);
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);

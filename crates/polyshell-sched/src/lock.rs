@@ -1,0 +1,298 @@
+//! Lock primitives: what bounds the work. A lock is acquired around each job's actions on a
+//! site, with a context naming site, job, schedule and batch; its guard releases on drop
+//! (also when an action fails or panics). The schedule modes are made of the same kinds of
+//! pieces: ordered lanes (one per site, or one for the whole schedule) and the phase gate
+//! below.
+
+use async_trait::async_trait;
+use dashmap::DashMap;
+use polyshell_sites::Site;
+use std::any::Any;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::sync::Notify;
+
+/// What a lock is acquired for.
+#[derive(Debug, Clone)]
+pub struct LockContext {
+    /// The site, with its configuration (a lock may key on a config value).
+    pub site: Site,
+    /// The roles the site is in.
+    pub roles: Vec<String>,
+    pub job: String,
+    /// Position of this job in the schedule's list (a job listed twice has two).
+    pub invocation: usize,
+    /// Schedule id, `BATCH-N`.
+    pub schedule: String,
+    pub batch: String,
+}
+
+/// A held lock; dropping it releases the lock.
+pub struct Guard(#[allow(dead_code)] Box<dyn Any + Send>);
+
+impl Guard {
+    pub fn new(inner: impl Any + Send) -> Guard {
+        Guard(Box::new(inner))
+    }
+
+    /// A guard that holds nothing (for locks that only wait).
+    pub fn none() -> Guard {
+        Guard(Box::new(()))
+    }
+}
+
+/// A lock primitive. Implement it to bound work in your own way (see the datacenter example).
+#[async_trait]
+pub trait Lock: Send + Sync {
+    /// Waits until the work described by `ctx` may run; it runs while the guard lives.
+    async fn acquire(&self, ctx: &LockContext) -> Guard;
+
+    /// The lock's place in the global order: the locks of one piece of work are taken in
+    /// increasing order, so two schedules cannot deadlock each other. Use [`next_order`].
+    fn order(&self) -> u64;
+
+    /// A name for logs.
+    fn name(&self) -> String {
+        "lock".into()
+    }
+}
+
+/// A fresh place in the global lock order; locks made earlier come first.
+pub fn next_order() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1 << 32);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Takes `locks` in their global order; the guards release when the returned vector drops.
+pub async fn acquire_all(locks: &mut [Arc<dyn Lock>], ctx: &LockContext) -> Vec<Guard> {
+    locks.sort_by_key(|l| l.order());
+    let mut guards = Vec::with_capacity(locks.len());
+    for lock in locks.iter() {
+        guards.push(lock.acquire(ctx).await);
+    }
+    guards
+}
+
+/// One piece of work at a time per site, across every schedule that shares this lock.
+pub struct SiteMutex {
+    order: u64,
+    sites: DashMap<String, Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl SiteMutex {
+    pub fn new() -> Arc<SiteMutex> {
+        Arc::new(SiteMutex {
+            order: next_order(),
+            sites: DashMap::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Lock for SiteMutex {
+    async fn acquire(&self, ctx: &LockContext) -> Guard {
+        // Clone the Arc out: never hold a dashmap guard across an await.
+        let mutex = self
+            .sites
+            .entry(ctx.site.name().to_owned())
+            .or_default()
+            .clone();
+        Guard::new(mutex.lock_owned().await)
+    }
+    fn order(&self) -> u64 {
+        self.order
+    }
+    fn name(&self) -> String {
+        "site mutex".into()
+    }
+}
+
+/// One piece of work at a time, wherever it runs; share the `Arc` to share the lock.
+pub struct NamedMutex {
+    name: String,
+    order: u64,
+    mutex: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl NamedMutex {
+    pub fn new(name: &str) -> Arc<NamedMutex> {
+        Arc::new(NamedMutex {
+            name: name.to_owned(),
+            order: next_order(),
+            mutex: Arc::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl Lock for NamedMutex {
+    async fn acquire(&self, _: &LockContext) -> Guard {
+        Guard::new(self.mutex.clone().lock_owned().await)
+    }
+    fn order(&self) -> u64 {
+        self.order
+    }
+    fn name(&self) -> String {
+        format!("mutex {}", self.name)
+    }
+}
+
+/// At most `n` pieces of work at once (a rolling deploy of two servers at a time).
+pub struct Semaphore {
+    order: u64,
+    permits: Arc<tokio::sync::Semaphore>,
+    n: usize,
+}
+
+impl Semaphore {
+    pub fn new(n: usize) -> Arc<Semaphore> {
+        Arc::new(Semaphore {
+            order: next_order(),
+            permits: Arc::new(tokio::sync::Semaphore::new(n.max(1))),
+            n,
+        })
+    }
+}
+
+#[async_trait]
+impl Lock for Semaphore {
+    async fn acquire(&self, _: &LockContext) -> Guard {
+        match self.permits.clone().acquire_owned().await {
+            Ok(permit) => Guard::new(permit),
+            Err(_) => Guard::none(), // never closed
+        }
+    }
+    fn order(&self) -> u64 {
+        self.order
+    }
+    fn name(&self) -> String {
+        format!("semaphore {}", self.n)
+    }
+}
+
+/// At most `n` sites of each listed role at once; a site in several listed roles takes a
+/// permit of each (in the global order, by role name).
+pub struct RoleSemaphore {
+    order: u64,
+    n: usize,
+    roles: Vec<String>,
+    permits: DashMap<String, Arc<tokio::sync::Semaphore>>,
+}
+
+impl RoleSemaphore {
+    pub fn new(n: usize, roles: &[&str]) -> Arc<RoleSemaphore> {
+        let mut roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
+        roles.sort();
+        Arc::new(RoleSemaphore {
+            order: next_order(),
+            n: n.max(1),
+            roles,
+            permits: DashMap::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Lock for RoleSemaphore {
+    async fn acquire(&self, ctx: &LockContext) -> Guard {
+        let mut held = Vec::new();
+        for role in self.roles.iter().filter(|r| ctx.roles.contains(r)) {
+            let sem = self
+                .permits
+                .entry(role.clone())
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.n)))
+                .clone();
+            if let Ok(permit) = sem.acquire_owned().await {
+                held.push(permit);
+            }
+        }
+        Guard::new(held)
+    }
+    fn order(&self) -> u64 {
+        self.order
+    }
+    fn name(&self) -> String {
+        format!("role semaphore {} per {}", self.n, self.roles.join(","))
+    }
+}
+
+/// Nobody passes until `n` have arrived (then all go at once).
+pub struct Barrier {
+    order: u64,
+    barrier: tokio::sync::Barrier,
+}
+
+impl Barrier {
+    pub fn new(n: usize) -> Arc<Barrier> {
+        Arc::new(Barrier {
+            order: next_order(),
+            barrier: tokio::sync::Barrier::new(n.max(1)),
+        })
+    }
+}
+
+#[async_trait]
+impl Lock for Barrier {
+    async fn acquire(&self, _: &LockContext) -> Guard {
+        self.barrier.wait().await;
+        Guard::none()
+    }
+    fn order(&self) -> u64 {
+        self.order
+    }
+    fn name(&self) -> String {
+        "barrier".into()
+    }
+}
+
+/// Phases in order: work of phase `k` starts only once every piece of work of the earlier
+/// phases has finished. It makes `sequential`.
+pub(crate) struct PhaseGate {
+    state: Mutex<(usize, Vec<usize>)>,
+    changed: Notify,
+}
+
+impl PhaseGate {
+    /// `sizes[k]`: how many pieces of work phase `k` has.
+    pub(crate) fn new(sizes: Vec<usize>) -> Arc<PhaseGate> {
+        let mut first = 0;
+        while first < sizes.len() && sizes[first] == 0 {
+            first += 1;
+        }
+        Arc::new(PhaseGate {
+            state: Mutex::new((first, sizes)),
+            changed: Notify::new(),
+        })
+    }
+
+    pub(crate) async fn enter(self: &Arc<Self>, phase: usize) -> PhaseGuard {
+        loop {
+            let notified = self.changed.notified();
+            if self.state.lock().unwrap_or_else(|p| p.into_inner()).0 >= phase {
+                return PhaseGuard {
+                    gate: self.clone(),
+                    phase,
+                };
+            }
+            notified.await;
+        }
+    }
+}
+
+pub(crate) struct PhaseGuard {
+    gate: Arc<PhaseGate>,
+    phase: usize,
+}
+
+impl Drop for PhaseGuard {
+    fn drop(&mut self) {
+        let mut state = self.gate.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (current, sizes) = &mut *state;
+        sizes[self.phase] -= 1;
+        while *current < sizes.len() && sizes[*current] == 0 {
+            *current += 1;
+        }
+        drop(state);
+        self.gate.changed.notify_waiters();
+    }
+}

@@ -1,0 +1,105 @@
+//! What a schedule did: per site, per action, the outcome and its timing.
+
+use std::time::Duration;
+
+/// Why an action did not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SkipReason {
+    /// An earlier job failed and the schedule has `break_on_error`.
+    BreakOnError,
+    /// `max_failures` sites had failed already.
+    MaxFailures,
+    /// The run was stopped (Ctrl-C) before it started.
+    Stopped,
+}
+
+impl std::fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SkipReason::BreakOnError => "skipped: an earlier job failed (break_on_error)",
+            SkipReason::MaxFailures => "skipped: too many sites failed (max_failures)",
+            SkipReason::Stopped => "skipped: the run was stopped",
+        })
+    }
+}
+
+/// How one action on one site ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    Failed(String),
+    Skipped(SkipReason),
+}
+
+impl Status {
+    pub fn is_ok(&self) -> bool {
+        matches!(self, Status::Ok)
+    }
+    pub fn is_failed(&self) -> bool {
+        matches!(self, Status::Failed(_))
+    }
+}
+
+/// One action of one job invocation on one site.
+#[derive(Debug, Clone)]
+pub struct ActionOutcome {
+    /// `BATCH-N-M`; `None` when it never started.
+    pub id: Option<String>,
+    pub job: String,
+    /// Position of the job in the schedule's list.
+    pub invocation: usize,
+    pub site: String,
+    /// Index of the action within its job.
+    pub action: usize,
+    pub status: Status,
+    /// Start and end, from the schedule's start (equal for skipped actions).
+    pub started: Duration,
+    pub finished: Duration,
+}
+
+/// The outcome of a schedule.
+#[derive(Debug, Clone, Default)]
+pub struct ScheduleResult {
+    /// `BATCH-N`.
+    pub id: String,
+    pub name: String,
+    pub outcomes: Vec<ActionOutcome>,
+    pub elapsed: Duration,
+}
+
+impl ScheduleResult {
+    /// Every action ran and succeeded.
+    pub fn ok(&self) -> bool {
+        self.outcomes.iter().all(|o| o.status.is_ok())
+    }
+
+    /// Sites with a failed action, each with its first failure, in order of first failure.
+    pub fn failed_sites(&self) -> Vec<(String, String)> {
+        let mut failed: Vec<(String, String)> = Vec::new();
+        let mut by_time: Vec<&ActionOutcome> = self
+            .outcomes
+            .iter()
+            .filter(|o| o.status.is_failed())
+            .collect();
+        by_time.sort_by_key(|o| o.finished);
+        for o in by_time {
+            if let Status::Failed(reason) = &o.status {
+                if !failed.iter().any(|(s, _)| s == &o.site) {
+                    failed.push((o.site.clone(), reason.clone()));
+                }
+            }
+        }
+        failed
+    }
+
+    /// Counts: (ok, failed, skipped) actions.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        self.outcomes
+            .iter()
+            .fold((0, 0, 0), |(ok, failed, skipped), o| match o.status {
+                Status::Ok => (ok + 1, failed, skipped),
+                Status::Failed(_) => (ok, failed + 1, skipped),
+                Status::Skipped(_) => (ok, failed, skipped + 1),
+            })
+    }
+}
