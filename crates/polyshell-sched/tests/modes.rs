@@ -200,7 +200,7 @@ proptest! {
 
     #[test]
     fn site_sequential_keeps_each_sites_order(plan in plan(false)) {
-        let (records, result) = run(&plan, |l| Schedule::new(l), None);
+        let (records, result) = run(&plan, Schedule::new, None);
         check_complete(&plan, &result)?;
         for a in &records {
             for b in &records {
