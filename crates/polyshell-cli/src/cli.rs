@@ -1,43 +1,155 @@
-//! The command line: argument parsing and dispatch to the commands.
+//! The command line: arguments, the inventory they resolve to, and dispatch.
 
-use crate::exit;
-use clap::{Parser, Subcommand};
-use polyshell_shell::Shell;
-use std::io::Write;
-use std::process::ExitCode;
+use crate::exit::{self, CliError};
+use crate::polyfile::{self, Polyfile};
+use crate::report::OutputMode;
+use crate::run::{self, Plan, Settings};
+use crate::shells::ShellSettings;
+use crate::steps;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use polyshell_sched::{action, Jobs, Mode, Schedule};
+use polyshell_shell::{Command as ShellCommand, HostKeyPolicy};
+use polyshell_sites::diag::Source;
+use polyshell_sites::{json, range, SiteStore};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const EXAMPLES: &str = "\
+Examples:
+  polyshell run -- 'echo hello from $(hostname)'       on the local site
+  polyshell -H 'web[01-20]' run -- uptime              on twenty hosts, no Polyfile needed
+  polyshell run --on web --sudo -- systemctl restart nginx
+  polyshell schedule release                           a chain of schedules from Polyfile.toml
+  polyshell check                                      validate Polyfile.toml";
 
 /// Run jobs on many sites at once, over local shells and SSH.
 #[derive(Debug, Parser)]
-#[command(name = "polyshell", version)]
+#[command(name = "polyshell", version, after_help = EXAMPLES)]
 struct Cli {
+    /// The Polyfile (default: ./Polyfile.toml when it exists; otherwise the one local site).
+    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    file: Option<PathBuf>,
+    /// Target hosts without a Polyfile: a comma list with host ranges, e.g. `db1,web[01-03]`.
+    #[arg(short = 'H', long = "hosts", global = true, value_name = "HOSTS")]
+    hosts: Option<String>,
+    /// At most N sites busy at once.
+    #[arg(long, global = true, value_name = "N")]
+    fanout: Option<usize>,
+    /// Terminate any command that runs longer than S seconds (its whole process group).
+    #[arg(long, global = true, value_name = "S")]
+    timeout: Option<f64>,
+    /// Give up on a site that does not complete connecting within S seconds (default 10).
+    #[arg(long = "connect-timeout", global = true, value_name = "S")]
+    connect_timeout: Option<f64>,
+    /// How output is shown.
+    #[arg(long, global = true, value_enum, default_value = "stream")]
+    output: OutputMode,
+    /// Ask for the sudo password once, before anything runs.
+    #[arg(short = 'K', long = "ask-sudo-pass", global = true)]
+    ask_sudo_pass: bool,
+    /// Read the sudo password from the first line of FILE (or set POLYSHELL_SUDO_PASSWORD).
+    #[arg(long = "sudo-password-file", global = true, value_name = "FILE")]
+    sudo_password_file: Option<PathBuf>,
+    /// Host key checking: strict (default), accept-new (record unknown keys), off.
+    #[arg(long = "known-hosts", global = true, value_enum)]
+    known_hosts: Option<KnownHosts>,
+    /// An ssh_config to read instead of ~/.ssh/config.
+    #[arg(long = "ssh-config", global = true, value_name = "FILE")]
+    ssh_config: Option<PathBuf>,
+    /// More detail: -v shows `starting job` lines, -vv debug messages and logs, -vvv traces.
+    #[arg(short = 'v', action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
 
-#[derive(Debug, Subcommand)]
-enum Command {
-    /// Run an ad hoc command.
-    ///
-    /// Example: polyshell run -- 'echo hello from $(hostname)'
-    Run {
-        /// The command, run by the site's shell (`sh -c`).
-        #[arg(required = true, last = true)]
-        command: Vec<String>,
-    },
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum KnownHosts {
+    Strict,
+    AcceptNew,
+    Off,
 }
 
-pub fn main() -> ExitCode {
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run an ad hoc command on the targets.
+    #[command(after_help = "Example: polyshell run --on web -- 'df -h /srv'")]
+    Run {
+        /// Roles, sites or host ranges, comma separated (`all` is every site).
+        #[arg(long, value_name = "TARGETS")]
+        on: Option<String>,
+        /// Run the command as root through sudo (one password prompt for every site).
+        #[arg(long)]
+        sudo: bool,
+        /// The command, for each site's shell.
+        #[arg(required = true, last = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Run jobs of the Polyfile.
+    #[command(
+        after_help = "Example: polyshell jobs update deploy --mode site-sequential --break-on-error"
+    )]
+    Jobs {
+        #[arg(required = true, value_name = "JOB")]
+        jobs: Vec<String>,
+        /// site-sequential (default), sequential, atomic or parallel.
+        #[arg(long, value_name = "MODE")]
+        mode: Option<String>,
+        /// Only the sites in these roles.
+        #[arg(long, value_name = "ROLES")]
+        on: Option<String>,
+        /// A failed site runs no more jobs (in sequential and atomic modes: no job starts).
+        #[arg(long = "break-on-error")]
+        break_on_error: bool,
+    },
+    /// Run a named chain of schedules from the Polyfile.
+    #[command(after_help = "Example: polyshell schedule release")]
+    Schedule { name: String },
+    /// Copy a local file or directory to the targets (a directory makes DST a copy of it).
+    #[command(after_help = "Example: polyshell upload ./site /srv/www --on web")]
+    Upload {
+        src: PathBuf,
+        dst: String,
+        #[arg(long, value_name = "TARGETS")]
+        on: Option<String>,
+    },
+    /// Copy a file or directory from the targets into DST/SITE on this machine.
+    #[command(after_help = "Example: polyshell download /etc/os-release ./facts --on all")]
+    Download {
+        src: String,
+        dst: PathBuf,
+        #[arg(long, value_name = "TARGETS")]
+        on: Option<String>,
+    },
+    /// List the sites (of ROLE), or `sites show NAME` for one site's configuration.
+    #[command(after_help = "Examples: polyshell sites web    polyshell sites show web01")]
+    Sites {
+        #[arg(value_name = "ROLE | show NAME", num_args = 0..=2)]
+        args: Vec<String>,
+    },
+    /// Validate the Polyfile: every error, with line and column.
+    #[command(after_help = "Example: polyshell -f deploy.toml check")]
+    Check,
+    /// Print a shell completion script.
+    #[command(
+        after_help = "Example: polyshell completions bash > /etc/bash_completion.d/polyshell"
+    )]
+    Completions { shell: clap_complete::Shell },
+}
+
+pub fn main() -> u8 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
             let _ = err.print();
-            return exit::code(if err.use_stderr() {
+            return if err.use_stderr() {
                 exit::USAGE
             } else {
                 exit::SUCCESS
-            });
+            };
         }
     };
+    init_tracing(cli.verbose);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,45 +157,410 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("polyshell: cannot start the async runtime: {err}");
-            return exit::code(exit::SITE_FAILED);
+            return exit::SITE_FAILED;
         }
     };
-    runtime.block_on(async {
-        match cli.command {
-            Command::Run { command } => run_local(&command.join(" ")).await,
+    match runtime.block_on(dispatch(cli)) {
+        Ok(status) => status,
+        Err(err) => {
+            eprintln!("polyshell: {}", err.message);
+            err.status
         }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 | 1 => return,
+        2 => "polyshell=debug,polyshell_shell=debug,polyshell_sched=debug,polyshell_auth=debug",
+        _ => "trace",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// The inventory a command works on.
+struct Inventory {
+    sites: SiteStore,
+    polyfile: Option<Polyfile>,
+    /// Whether the sites came from `-H` or the embedded default (then `--on` may be omitted).
+    implicit: bool,
+}
+
+fn read_polyfile(path: &Path) -> Result<Polyfile, CliError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
+    let source = Source::new(path.display().to_string(), text);
+    polyfile::load(&source).map_err(|diags| {
+        let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        CliError::usage(format!(
+            "{} has {} error{}; nothing ran:\n{}",
+            path.display(),
+            diags.len(),
+            if diags.len() == 1 { "" } else { "s" },
+            lines.join("\n")
+        ))
     })
 }
 
-async fn run_local(command: &str) -> ExitCode {
-    match Shell::local().run(command).await {
-        Ok(out) => {
-            let mut stdout = std::io::stdout().lock();
-            let mut stderr = std::io::stderr().lock();
-            let _ = stdout.write_all(&prefixed("local | ", &out.stdout));
-            let _ = stderr.write_all(&prefixed("local ! ", &out.stderr));
-            if out.status.success() {
-                exit::code(exit::SUCCESS)
-            } else {
-                eprintln!("polyshell: local: {}", out.status);
-                exit::code(exit::SITE_FAILED)
-            }
+fn polyfile_path(cli: &Cli) -> Option<PathBuf> {
+    cli.file.clone().or_else(|| {
+        let default = PathBuf::from("Polyfile.toml");
+        default.exists().then_some(default)
+    })
+}
+
+fn inventory(cli: &Cli) -> Result<Inventory, CliError> {
+    if let Some(hosts) = &cli.hosts {
+        let names = range::expand(hosts).map_err(|e| CliError::usage(format!("-H: {e}")))?;
+        let sites = SiteStore::new();
+        for name in names {
+            sites.add(&name, (), json!({ "host": name }));
         }
-        Err(err) => {
-            eprintln!("polyshell: local: {err}");
-            exit::code(exit::SITE_FAILED)
+        return Ok(Inventory {
+            sites,
+            polyfile: None,
+            implicit: true,
+        });
+    }
+    match polyfile_path(cli) {
+        Some(path) => {
+            let pf = read_polyfile(&path)?;
+            Ok(Inventory {
+                sites: pf.sites.clone(),
+                polyfile: Some(pf),
+                implicit: false,
+            })
+        }
+        None => {
+            // The embedded default: one local site.
+            let sites = SiteStore::new();
+            sites.add("local", (), json!({}));
+            Ok(Inventory {
+                sites,
+                polyfile: None,
+                implicit: true,
+            })
         }
     }
 }
 
-fn prefixed(prefix: &str, bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    for line in bytes.split_inclusive(|&b| b == b'\n') {
-        out.extend_from_slice(prefix.as_bytes());
-        out.extend_from_slice(line);
-        if !line.ends_with(b"\n") {
-            out.push(b'\n');
+/// The sites `--on TARGETS` names (roles, sites, host ranges); every name must exist.
+fn targets(inv: &Inventory, on: Option<&str>, command: &str) -> Result<Vec<String>, CliError> {
+    let Some(on) = on else {
+        if inv.implicit {
+            return Ok(inv.sites.list("all", ()));
+        }
+        return Err(CliError::usage(format!(
+            "`{command}` needs --on TARGETS with a Polyfile (touching every site must be asked for: --on all); roles: {}",
+            inv.sites.role_names().join(", ")
+        )));
+    };
+    let names = range::expand(on).map_err(|e| CliError::usage(format!("--on: {e}")))?;
+    for name in &names {
+        if !inv.sites.has_role(name) {
+            return Err(CliError::usage(format!(
+                "--on: `{name}` is neither a role nor a site (roles: {})",
+                inv.sites.role_names().join(", ")
+            )));
         }
     }
-    out
+    Ok(inv.sites.list(&names, ()))
+}
+
+fn shell_settings(cli: &Cli) -> ShellSettings {
+    ShellSettings {
+        connect_timeout: cli.connect_timeout.map(Duration::from_secs_f64),
+        host_key_policy: cli.known_hosts.map(|k| match k {
+            KnownHosts::Strict => HostKeyPolicy::Strict,
+            KnownHosts::AcceptNew => HostKeyPolicy::AcceptNew,
+            KnownHosts::Off => HostKeyPolicy::Off,
+        }),
+        ssh_config: cli
+            .ssh_config
+            .clone()
+            .or_else(|| std::env::var_os("POLYSHELL_SSH_CONFIG").map(PathBuf::from)),
+        password_file: cli.sudo_password_file.clone(),
+    }
+}
+
+fn settings(cli: &Cli) -> Settings {
+    Settings {
+        output: cli.output,
+        shells: shell_settings(cli),
+        ask_sudo_pass: cli.ask_sudo_pass,
+    }
+}
+
+/// Applies the global options to a schedule.
+fn tune(cli: &Cli, mut schedule: Schedule) -> Schedule {
+    if let Some(n) = cli.fanout {
+        schedule = schedule.fanout(n);
+    }
+    if cli.verbose >= 1 {
+        schedule = schedule.log(true);
+    }
+    if cli.verbose >= 2 {
+        schedule = schedule.debug(true);
+    }
+    if cli.output == OutputMode::Quiet {
+        schedule = schedule.quiet(true);
+    }
+    schedule
+}
+
+/// A one-action job on `targets`, run in parallel: what `run`, `upload`, `download` are.
+async fn adhoc(
+    cli: &Cli,
+    inv: Inventory,
+    targets: Vec<String>,
+    name: &str,
+    act: polyshell_sched::ActionFn,
+) -> Result<u8, CliError> {
+    let role = format!("polyshell:{name}");
+    inv.sites.add(&targets, &role, json!({}));
+    let mut jobs = Jobs::new();
+    jobs.add(name, &role, act);
+    let schedule = tune(cli, Schedule::new(name).mode(Mode::Parallel).name(name));
+    let plan = Plan {
+        sites: inv.sites,
+        jobs,
+        chain: vec![schedule],
+        targets,
+    };
+    Ok(run::execute(plan, settings(cli)).await)
+}
+
+async fn dispatch(cli: Cli) -> Result<u8, CliError> {
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "polyshell",
+                &mut std::io::stdout(),
+            );
+            Ok(exit::SUCCESS)
+        }
+        Command::Check => check(&cli),
+        Command::Sites { args } => sites(&cli, args),
+        Command::Run { on, sudo, command } => {
+            let inv = inventory(&cli)?;
+            let targets = targets(&inv, on.as_deref(), "run")?;
+            let script = command.join(" ");
+            let (sudo, timeout) = (*sudo, cli.timeout.map(Duration::from_secs_f64));
+            let act = action(move |ctx| {
+                let script = script.clone();
+                async move {
+                    let mut command = ShellCommand::new(script.clone());
+                    if let Some(t) = timeout {
+                        command = command.timeout(t);
+                    }
+                    let out = if sudo {
+                        ctx.shell.sudo(command).await?
+                    } else {
+                        ctx.shell.run(command).await?
+                    };
+                    steps::check(&script, &out)
+                }
+            });
+            adhoc(&cli, inv, targets, "run", act).await
+        }
+        Command::Upload { src, dst, on } => {
+            let inv = inventory(&cli)?;
+            let targets = targets(&inv, on.as_deref(), "upload")?;
+            if !src.exists() {
+                return Err(CliError::usage(format!(
+                    "upload: {} does not exist",
+                    src.display()
+                )));
+            }
+            let (src, dst) = (src.clone(), dst.clone());
+            let act = action(move |ctx| {
+                let (src, dst) = (src.clone(), dst.clone());
+                async move { Ok(ctx.shell.upload(&src, &dst).await?) }
+            });
+            adhoc(&cli, inv, targets, "upload", act).await
+        }
+        Command::Download { src, dst, on } => {
+            let inv = inventory(&cli)?;
+            let targets = targets(&inv, on.as_deref(), "download")?;
+            let (src, dst) = (src.clone(), dst.clone());
+            let act = action(move |ctx| {
+                let (src, dst) = (src.clone(), dst.join(ctx.site.name()));
+                async move { Ok(ctx.shell.download(&src, &dst).await?) }
+            });
+            adhoc(&cli, inv, targets, "download", act).await
+        }
+        Command::Jobs {
+            jobs,
+            mode,
+            on,
+            break_on_error,
+        } => {
+            let inv = inventory(&cli)?;
+            let pf = inv.polyfile.as_ref().ok_or_else(|| {
+                CliError::usage("`jobs` needs a Polyfile (-f FILE or ./Polyfile.toml)")
+            })?;
+            let mode = match mode {
+                Some(m) => m.parse::<Mode>().map_err(CliError::usage)?,
+                None => Mode::SiteSequential,
+            };
+            let mut schedule = Schedule::new(jobs)
+                .mode(mode)
+                .break_on_error(*break_on_error)
+                .name("jobs");
+            if let Some(on) = on {
+                let roles = range::expand(on).map_err(|e| CliError::usage(format!("--on: {e}")))?;
+                targets(&inv, Some(on), "jobs")?;
+                schedule = schedule.roles(roles);
+            }
+            run_polyfile(&cli, pf, vec![tune(&cli, schedule)]).await
+        }
+        Command::Schedule { name } => {
+            let inv = inventory(&cli)?;
+            let pf = inv.polyfile.as_ref().ok_or_else(|| {
+                CliError::usage("`schedule` needs a Polyfile (-f FILE or ./Polyfile.toml)")
+            })?;
+            let chain = pf.schedules.get(name).ok_or_else(|| {
+                CliError::usage(format!(
+                    "no schedule `{name}` in the Polyfile (schedules: {})",
+                    pf.schedules.keys().cloned().collect::<Vec<_>>().join(", ")
+                ))
+            })?;
+            let chain = chain
+                .iter()
+                .map(|s| {
+                    let mut schedule = Schedule::new(&s.jobs)
+                        .mode(s.mode)
+                        .roles(&s.roles)
+                        .name(&s.name)
+                        .desc(&s.desc)
+                        .break_on_error(s.break_on_error)
+                        .allow_missing_job(s.allow_missing_job)
+                        .log(s.log)
+                        .report(s.report)
+                        .debug(s.debug)
+                        .quiet(s.quiet);
+                    if let Some(n) = s.fanout {
+                        schedule = schedule.fanout(n);
+                    }
+                    if let Some(n) = s.max_failures {
+                        schedule = schedule.max_failures(n);
+                    }
+                    tune(&cli, schedule)
+                })
+                .collect();
+            run_polyfile(&cli, pf, chain).await
+        }
+    }
+}
+
+async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<u8, CliError> {
+    let mut jobs = Jobs::new();
+    for (name, spec) in &pf.jobs {
+        for a in &spec.actions {
+            let mut a = a.clone();
+            // The global timeout bounds every step of an action that sets none of its own.
+            a.timeout = a.timeout.or(cli.timeout.map(Duration::from_secs_f64));
+            let roles = a.roles.clone();
+            jobs.add(name, &roles, steps::build(a, pf.sites.clone()));
+        }
+    }
+    let mut involved: Vec<String> = Vec::new();
+    for schedule in &chain {
+        for job in &schedule.jobs {
+            if let Some(spec) = pf.jobs.get(job) {
+                for a in &spec.actions {
+                    for site in pf.sites.list(&a.roles, &schedule.roles) {
+                        if !involved.contains(&site) {
+                            involved.push(site);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let plan = Plan {
+        sites: pf.sites.clone(),
+        jobs,
+        chain,
+        targets: involved,
+    };
+    Ok(run::execute(plan, settings(cli)).await)
+}
+
+fn check(cli: &Cli) -> Result<u8, CliError> {
+    let path = polyfile_path(cli)
+        .ok_or_else(|| CliError::usage("no Polyfile to check (-f FILE, or ./Polyfile.toml)"))?;
+    let pf = read_polyfile(&path)?;
+    let site_count = pf.sites.len();
+    println!(
+        "{}: ok ({} site{}, {} job{}, {} schedule{})",
+        path.display(),
+        site_count,
+        if site_count == 1 { "" } else { "s" },
+        pf.jobs.len(),
+        if pf.jobs.len() == 1 { "" } else { "s" },
+        pf.schedules.len(),
+        if pf.schedules.len() == 1 { "" } else { "s" }
+    );
+    Ok(exit::SUCCESS)
+}
+
+fn sites(cli: &Cli, args: &[String]) -> Result<u8, CliError> {
+    let inv = inventory(cli)?;
+    match args {
+        [show, name] if show == "show" => {
+            let site = inv
+                .sites
+                .get(name)
+                .ok_or_else(|| CliError::usage(format!("no site `{name}`")))?;
+            println!("{name}");
+            println!("  roles: {}", inv.sites.roles_of(name).join(", "));
+            let text =
+                serde_json::to_string_pretty(&serde_json::Value::Object(site.config().clone()))
+                    .unwrap_or_default();
+            for line in text.lines() {
+                println!("  {line}");
+            }
+            Ok(exit::SUCCESS)
+        }
+        [role] => {
+            if !inv.sites.has_role(role) {
+                return Err(CliError::usage(format!(
+                    "`{role}` is neither a role nor a site (roles: {})",
+                    inv.sites.role_names().join(", ")
+                )));
+            }
+            print_sites(&inv.sites, &inv.sites.list(role, ()));
+            Ok(exit::SUCCESS)
+        }
+        [] => {
+            print_sites(&inv.sites, &inv.sites.list("all", ()));
+            Ok(exit::SUCCESS)
+        }
+        _ => Err(CliError::usage(
+            "usage: polyshell sites [ROLE] | polyshell sites show NAME",
+        )),
+    }
+}
+
+fn print_sites(store: &SiteStore, names: &[String]) {
+    let width = names.iter().map(String::len).max().unwrap_or(0);
+    for name in names {
+        let host = store
+            .get(name)
+            .and_then(|s| s.host().ok().flatten().map(str::to_owned))
+            .unwrap_or_else(|| "(local)".into());
+        println!("{name:<width$}  {host}");
+    }
+    println!(
+        "{} site{}: {}",
+        names.len(),
+        if names.len() == 1 { "" } else { "s" },
+        range::fold(names)
+    );
 }

@@ -1,14 +1,25 @@
-//! The exit statuses of `polyshell`, in one place: scripts depend on them.
-
-use std::process::ExitCode;
+//! The exit statuses of `polyshell`, and the one place errors become messages and statuses.
 
 /// Every site succeeded.
 pub const SUCCESS: u8 = 0;
-/// At least one site failed.
+/// At least one site failed (or the run was stopped).
 pub const SITE_FAILED: u8 = 1;
 /// The command line or the configuration is wrong; nothing ran.
 pub const USAGE: u8 = 2;
 
-pub fn code(status: u8) -> ExitCode {
-    ExitCode::from(status)
+/// An error that ends `polyshell` before or instead of a run.
+#[derive(Debug)]
+pub struct CliError {
+    pub status: u8,
+    pub message: String,
+}
+
+impl CliError {
+    /// A usage or configuration error (exit 2).
+    pub fn usage(message: impl Into<String>) -> CliError {
+        CliError {
+            status: USAGE,
+            message: message.into(),
+        }
+    }
 }

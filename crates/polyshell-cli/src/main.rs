@@ -2,7 +2,13 @@
 
 mod cli;
 mod exit;
+mod polyfile;
+mod report;
+mod run;
+mod shells;
+mod steps;
+mod subst;
 
 fn main() -> std::process::ExitCode {
-    cli::main()
+    std::process::ExitCode::from(cli::main())
 }

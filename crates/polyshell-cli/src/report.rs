@@ -1,0 +1,420 @@
+//! Reporters: what the operator sees. `stream` (site-prefixed lines as they come), `gather`
+//! (each distinct output once, with the folded set of sites), `json` (one event per line),
+//! `quiet`; a progress line on a terminal; the summary every run ends with.
+
+use base64::Engine;
+use polyshell_auth::{Console, ConsoleStream};
+use polyshell_sched::{Event, EventSink, ScheduleResult, Status};
+use polyshell_shell::Stream;
+use polyshell_sites::range;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputMode {
+    Stream,
+    Gather,
+    Json,
+    Quiet,
+}
+
+/// The terminal's two streams with the progress line kept at the bottom of stderr: every
+/// write clears it first and draws it again after, so it never tears a line.
+pub struct Terminal {
+    status: Mutex<Option<String>>,
+    progress: bool,
+}
+
+impl Terminal {
+    pub fn new(progress: bool) -> Arc<Terminal> {
+        Arc::new(Terminal {
+            status: Mutex::new(None),
+            progress,
+        })
+    }
+
+    pub fn write(&self, stream: ConsoleStream, bytes: &[u8]) {
+        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut err = std::io::stderr().lock();
+        if status.is_some() {
+            let _ = err.write_all(b"\r\x1b[2K");
+        }
+        match stream {
+            ConsoleStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                let _ = out.write_all(bytes);
+                let _ = out.flush();
+            }
+            ConsoleStream::Stderr => {
+                let _ = err.write_all(bytes);
+            }
+        }
+        if let Some(line) = status.as_ref() {
+            let _ = err.write_all(line.as_bytes());
+        }
+        let _ = err.flush();
+    }
+
+    /// Draws (or with `None`, removes) the progress line.
+    pub fn set_status(&self, line: Option<String>) {
+        if !self.progress {
+            return;
+        }
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut err = std::io::stderr().lock();
+        let _ = err.write_all(b"\r\x1b[2K");
+        if let Some(l) = &line {
+            let _ = err.write_all(l.as_bytes());
+        }
+        let _ = err.flush();
+        *status = line;
+    }
+}
+
+/// Consumes the batch's events and prints them.
+pub struct Reporter {
+    mode: OutputMode,
+    console: Console,
+    color: bool,
+    width: usize,
+    started: Instant,
+    running: AtomicUsize,
+    done: AtomicUsize,
+    failed: AtomicUsize,
+    /// Running action ids and their sites (what a first Ctrl-C lists).
+    active: Mutex<HashMap<String, String>>,
+    /// gather: each site's output, in order.
+    gathered: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+impl Reporter {
+    pub fn new(mode: OutputMode, console: Console, color: bool, sites: &[String]) -> Arc<Reporter> {
+        Arc::new(Reporter {
+            mode,
+            console,
+            color,
+            width: sites
+                .iter()
+                .map(|s| s.chars().count())
+                .max()
+                .unwrap_or(0)
+                .min(40),
+            started: Instant::now(),
+            running: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
+            failed: AtomicUsize::new(0),
+            active: Mutex::default(),
+            gathered: Mutex::default(),
+        })
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_owned()
+        }
+    }
+
+    fn json(&self, value: serde_json::Value) {
+        let mut line = value.to_string();
+        line.push('\n');
+        self.console.write(ConsoleStream::Stdout, line.as_bytes());
+    }
+
+    /// The progress line's text.
+    pub fn status(&self) -> String {
+        format!(
+            "[polyshell] {} done, {} failed, {} running, {:.1}s",
+            self.done.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+            self.running.load(Ordering::Relaxed),
+            self.started.elapsed().as_secs_f64()
+        )
+    }
+
+    /// Sites with an action running now.
+    pub fn running_sites(&self) -> Vec<String> {
+        let mut sites: Vec<String> = self
+            .active
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        sites.sort();
+        sites.dedup();
+        sites
+    }
+
+    fn prefix(&self, site: &str, mark: &str) -> String {
+        let padded = format!("{site:<width$}", width = self.width);
+        let mark = if mark == "!" {
+            self.paint("31", mark)
+        } else {
+            mark.to_owned()
+        };
+        format!("{} {mark} ", self.paint("36", &padded))
+    }
+
+    /// gather: prints each distinct output once under the folded set of its sites.
+    pub fn print_gathered(&self) {
+        if self.mode != OutputMode::Gather {
+            return;
+        }
+        let gathered =
+            std::mem::take(&mut *self.gathered.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut groups: Vec<(Vec<u8>, Vec<String>)> = Vec::new();
+        for (site, output) in gathered {
+            match groups.iter_mut().find(|(o, _)| *o == output) {
+                Some((_, sites)) => sites.push(site),
+                None => groups.push((output, vec![site])),
+            }
+        }
+        groups.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then_with(|| a.1.cmp(&b.1)));
+        for (output, sites) in groups {
+            let header = format!("----- {} ({})\n", range::fold(&sites), sites.len());
+            self.console
+                .write(ConsoleStream::Stdout, self.paint("36", &header).as_bytes());
+            self.console.write(ConsoleStream::Stdout, &output);
+        }
+    }
+}
+
+fn stream_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    }
+}
+
+pub fn status_json(status: &Status) -> (&'static str, Option<String>) {
+    match status {
+        Status::Ok => ("ok", None),
+        Status::Failed(why) => ("failed", Some(why.clone())),
+        Status::Skipped(why) => ("skipped", Some(why.to_string())),
+    }
+}
+
+impl EventSink for Reporter {
+    fn event(&self, event: Event) {
+        match &event {
+            Event::ActionStarted { action, site, .. } => {
+                self.running.fetch_add(1, Ordering::Relaxed);
+                self.active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(action.clone(), site.clone());
+            }
+            Event::ActionFinished { action, status, .. } => {
+                self.running.fetch_sub(1, Ordering::Relaxed);
+                self.active
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(action);
+                if status.is_failed() {
+                    self.failed.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    self.done.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+        match self.mode {
+            OutputMode::Quiet => {}
+            OutputMode::Json => self.json(event_json(&event)),
+            OutputMode::Stream => match &event {
+                Event::Output {
+                    site, stream, line, ..
+                } => {
+                    let (mark, target) = match stream {
+                        Stream::Stdout => ("|", ConsoleStream::Stdout),
+                        Stream::Stderr => ("!", ConsoleStream::Stderr),
+                    };
+                    let mut bytes = self.prefix(site, mark).into_bytes();
+                    bytes.extend_from_slice(line);
+                    bytes.push(b'\n');
+                    self.console.write(target, &bytes);
+                }
+                Event::Report { site, message, .. } | Event::Debug { site, message, .. } => {
+                    let text = format!("{}{message}\n", self.prefix(site, ":"));
+                    self.console.write(ConsoleStream::Stdout, text.as_bytes());
+                }
+                _ => {}
+            },
+            OutputMode::Gather => {
+                if let Event::Output {
+                    site,
+                    stream,
+                    line,
+                    newline,
+                    ..
+                } = &event
+                {
+                    let mut gathered = self.gathered.lock().unwrap_or_else(|p| p.into_inner());
+                    let buf = gathered.entry(site.clone()).or_default();
+                    if *stream == Stream::Stderr {
+                        buf.extend_from_slice(b"! ");
+                    }
+                    buf.extend_from_slice(line);
+                    if *newline || !line.is_empty() {
+                        buf.push(b'\n');
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn event_json(event: &Event) -> serde_json::Value {
+    match event {
+        Event::ScheduleStarted {
+            schedule,
+            name,
+            mode,
+            jobs,
+            sites,
+        } => {
+            json!({"event": "schedule_started", "schedule": schedule, "name": name, "mode": mode, "jobs": jobs, "sites": sites})
+        }
+        Event::ActionStarted {
+            action,
+            schedule,
+            job,
+            site,
+        } => {
+            json!({"event": "action_started", "id": action, "schedule": schedule, "job": job, "site": site})
+        }
+        Event::Output {
+            action,
+            site,
+            stream,
+            line,
+            newline,
+        } => {
+            let mut v = json!({"event": "output", "id": action, "site": site, "stream": stream_name(*stream), "newline": newline});
+            match std::str::from_utf8(line) {
+                Ok(text) => v["line"] = json!(text),
+                Err(_) => {
+                    v["line_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(line))
+                }
+            }
+            v
+        }
+        Event::Report {
+            action,
+            site,
+            message,
+        } => json!({"event": "report", "id": action, "site": site, "message": message}),
+        Event::Debug {
+            action,
+            site,
+            message,
+        } => json!({"event": "debug", "id": action, "site": site, "message": message}),
+        Event::ActionFinished {
+            action,
+            job,
+            site,
+            status,
+            elapsed,
+        } => {
+            let (status, reason) = status_json(status);
+            json!({"event": "action_finished", "id": action, "job": job, "site": site, "status": status, "reason": reason, "elapsed_ms": elapsed.as_millis() as u64})
+        }
+        Event::ScheduleFinished { schedule, result } => {
+            let (ok, failed, skipped) = result.counts();
+            json!({"event": "schedule_finished", "schedule": schedule, "ok": ok, "failed": failed, "skipped": skipped, "elapsed_ms": result.elapsed.as_millis() as u64})
+        }
+    }
+}
+
+/// Per site, over all schedules of a run: failed (with the first reason) beats skipped beats ok.
+pub struct Summary {
+    pub ok: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    pub skipped: Vec<(String, String)>,
+    pub elapsed: Duration,
+}
+
+impl Summary {
+    pub fn of(results: &[ScheduleResult], sites: &[String], elapsed: Duration) -> Summary {
+        let mut failed: Vec<(String, String)> = Vec::new();
+        let mut skipped: Vec<(String, String)> = Vec::new();
+        for r in results {
+            for (site, why) in r.failed_sites() {
+                if !failed.iter().any(|(s, _)| *s == site) {
+                    failed.push((site, why));
+                }
+            }
+        }
+        for r in results {
+            for o in &r.outcomes {
+                if let Status::Skipped(why) = &o.status {
+                    if !failed.iter().any(|(s, _)| *s == o.site)
+                        && !skipped.iter().any(|(s, _)| *s == o.site)
+                    {
+                        skipped.push((o.site.clone(), why.to_string()));
+                    }
+                }
+            }
+        }
+        let ok = sites
+            .iter()
+            .filter(|s| {
+                !failed.iter().any(|(f, _)| f == *s) && !skipped.iter().any(|(k, _)| k == *s)
+            })
+            .cloned()
+            .collect();
+        Summary {
+            ok,
+            failed,
+            skipped,
+            elapsed,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.failed.is_empty() && self.skipped.is_empty()
+    }
+
+    pub fn text(&self, color: bool) -> String {
+        let paint = |code: &str, t: String| {
+            if color {
+                format!("\x1b[{code}m{t}\x1b[0m")
+            } else {
+                t
+            }
+        };
+        let total = self.ok.len() + self.failed.len() + self.skipped.len();
+        let mut s = format!(
+            "polyshell: {total} site{}: {} ok, {} failed, {} skipped in {:.1}s\n",
+            if total == 1 { "" } else { "s" },
+            self.ok.len(),
+            self.failed.len(),
+            self.skipped.len(),
+            self.elapsed.as_secs_f64()
+        );
+        for (site, why) in &self.failed {
+            s.push_str(&paint("31", format!("  failed  {site}: {why}")));
+            s.push('\n');
+        }
+        for (site, why) in &self.skipped {
+            s.push_str(&format!("  skipped {site}: {why}\n"));
+        }
+        s
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        json!({
+            "event": "summary",
+            "ok": self.ok.len(),
+            "failed": self.failed.iter().map(|(s, w)| json!({"site": s, "reason": w})).collect::<Vec<_>>(),
+            "skipped": self.skipped.iter().map(|(s, w)| json!({"site": s, "reason": w})).collect::<Vec<_>>(),
+            "elapsed_ms": self.elapsed.as_millis() as u64,
+        })
+    }
+}

@@ -1,0 +1,142 @@
+//! Running a chain of schedules as one batch, with the reporter, the progress line, Ctrl-C
+//! handling (first: start nothing new; second: cancel what runs) and the summary.
+
+use crate::exit;
+use crate::report::{OutputMode, Reporter, Summary, Terminal};
+use crate::shells::{CliShells, ShellSettings, DEFAULT_AGENT};
+use polyshell_auth::{Console, ConsoleStream};
+use polyshell_sched::{Batch, Jobs, Schedule};
+use polyshell_sites::SiteStore;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub struct Plan {
+    pub sites: SiteStore,
+    pub jobs: Jobs,
+    pub chain: Vec<Schedule>,
+    /// Every site the run may touch (for the summary and alignment).
+    pub targets: Vec<String>,
+}
+
+pub struct Settings {
+    pub output: OutputMode,
+    pub shells: ShellSettings,
+    pub ask_sudo_pass: bool,
+}
+
+pub async fn execute(plan: Plan, settings: Settings) -> u8 {
+    let progress = std::io::stderr().is_terminal()
+        && matches!(settings.output, OutputMode::Stream | OutputMode::Gather);
+    let color = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let terminal = Terminal::new(progress);
+    let console = {
+        let terminal = terminal.clone();
+        Console::new(move |stream, bytes| terminal.write(stream, bytes))
+    };
+    let shells = Arc::new(CliShells::new(
+        settings.shells.clone(),
+        Some(console.clone()),
+    ));
+    if settings.ask_sudo_pass {
+        if let Err(e) = shells.agent(DEFAULT_AGENT).prompt_now().await {
+            console.write(
+                ConsoleStream::Stderr,
+                format!("polyshell: {e}\n").as_bytes(),
+            );
+            return exit::SITE_FAILED;
+        }
+    }
+    let reporter = Reporter::new(settings.output, console.clone(), color, &plan.targets);
+    let batch = Arc::new(Batch::new(plan.sites, plan.jobs, shells).with_events(reporter.clone()));
+    let started = Instant::now();
+
+    let interrupts = {
+        let (batch, reporter, console) = (batch.clone(), reporter.clone(), console.clone());
+        tokio::spawn(async move {
+            let mut count = 0;
+            while tokio::signal::ctrl_c().await.is_ok() {
+                count += 1;
+                if count == 1 {
+                    batch.stop();
+                    let running = reporter.running_sites();
+                    let msg = format!(
+                        "polyshell: stopping: no new work starts; {} site(s) still running{} (Ctrl-C again to cancel them)\n",
+                        running.len(),
+                        if running.is_empty() { String::new() } else { format!(": {}", polyshell_sites::range::fold(&running)) }
+                    );
+                    console.write(ConsoleStream::Stderr, msg.as_bytes());
+                } else {
+                    batch.cancel();
+                    console.write(
+                        ConsoleStream::Stderr,
+                        b"polyshell: cancelling running commands\n",
+                    );
+                }
+            }
+        })
+    };
+    let ticker = {
+        let (terminal, reporter, console) = (terminal.clone(), reporter.clone(), console.clone());
+        tokio::spawn(async move {
+            loop {
+                if console.holding() {
+                    terminal.set_status(None);
+                } else {
+                    terminal.set_status(Some(reporter.status()));
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+    };
+
+    let mut results = Vec::new();
+    let mut code = exit::SUCCESS;
+    for schedule in &plan.chain {
+        match batch.run(schedule).await {
+            Ok(result) => results.push(result),
+            Err(e) => {
+                console.write(
+                    ConsoleStream::Stderr,
+                    format!("polyshell: {e}\n").as_bytes(),
+                );
+                code = exit::USAGE;
+                break;
+            }
+        }
+        if batch.stopping() {
+            break;
+        }
+    }
+    ticker.abort();
+    interrupts.abort();
+    terminal.set_status(None);
+    reporter.print_gathered();
+    let summary = Summary::of(&results, &plan.targets, started.elapsed());
+    match settings.output {
+        OutputMode::Json => {
+            let mut line = summary.json().to_string();
+            line.push('\n');
+            console.write(ConsoleStream::Stdout, line.as_bytes());
+        }
+        _ => console.write(
+            ConsoleStream::Stderr,
+            summary.text(std::io::stderr().is_terminal()).as_bytes(),
+        ),
+    }
+    let stopped = batch.stopping();
+    if stopped {
+        console.write(
+            ConsoleStream::Stderr,
+            b"polyshell: the run was stopped by Ctrl-C before it finished\n",
+        );
+    }
+    if code != exit::SUCCESS {
+        return code;
+    }
+    if summary.success() && !stopped {
+        exit::SUCCESS
+    } else {
+        exit::SITE_FAILED
+    }
+}

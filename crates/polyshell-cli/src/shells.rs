@@ -1,0 +1,123 @@
+//! From a site's configuration to its shell: local (no `host`), libssh2 (the default), or the
+//! system `ssh` (site option `ssh`); each with the password agent the site names.
+
+use polyshell_auth::{
+    Console, NoPrompter, PasswordAgent, Prompter, StaticPrompter, TerminalPrompter,
+};
+use polyshell_sched::ShellFactory;
+use polyshell_shell::{HostKeyPolicy, Shell, SshOptions};
+use polyshell_sites::{Site, Value};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The agent of sites that name none: one typed password for the run.
+pub const DEFAULT_AGENT: &str = "default";
+/// A non-interactive source of the sudo password, for automation.
+pub const PASSWORD_ENV: &str = "POLYSHELL_SUDO_PASSWORD";
+
+/// Settings from the command line that every site's shell gets.
+#[derive(Clone, Default)]
+pub struct ShellSettings {
+    pub connect_timeout: Option<Duration>,
+    pub host_key_policy: Option<HostKeyPolicy>,
+    pub ssh_config: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
+}
+
+pub struct CliShells {
+    settings: ShellSettings,
+    prompter: Arc<dyn Prompter>,
+    agents: Mutex<HashMap<String, Arc<PasswordAgent>>>,
+}
+
+impl CliShells {
+    pub fn new(settings: ShellSettings, console: Option<Console>) -> CliShells {
+        let prompter: Arc<dyn Prompter> = if let Some(file) = &settings.password_file {
+            Arc::new(StaticPrompter::from_file(file))
+        } else if std::env::var_os(PASSWORD_ENV).is_some() {
+            Arc::new(StaticPrompter::from_env(PASSWORD_ENV))
+        } else if TerminalPrompter::available() {
+            Arc::new(TerminalPrompter::new(console))
+        } else {
+            Arc::new(NoPrompter {
+                hint: format!(
+                    "sudo asked for a password and there is no terminal to ask on; set {PASSWORD_ENV} or use --sudo-password-file"
+                ),
+            })
+        };
+        CliShells {
+            settings,
+            prompter,
+            agents: Mutex::default(),
+        }
+    }
+
+    /// The agent called `name` (made on first use).
+    pub fn agent(&self, name: &str) -> Arc<PasswordAgent> {
+        self.agents
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(PasswordAgent::new(name, self.prompter.clone())))
+            .clone()
+    }
+}
+
+fn strings(value: Option<&Value>) -> Vec<String> {
+    match value {
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect(),
+        Some(Value::String(s)) => shlex::split(s).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
+impl ShellFactory for CliShells {
+    fn shell(&self, site: &Site) -> Result<Shell, String> {
+        let err = |e: polyshell_sites::ConfigError| e.to_string();
+        let agent = self.agent(site.password_agent().map_err(err)?.unwrap_or(DEFAULT_AGENT));
+        let shell = match site.host().map_err(err)? {
+            None => Shell::local_with(site.sh().map_err(err)?.unwrap_or("sh")),
+            Some(host) => match site.config().get("ssh") {
+                Some(Value::Bool(false)) | None => {
+                    let mut opts = SshOptions::new(host);
+                    opts.user = site.user().map_err(err)?.map(str::to_owned);
+                    opts.port = site.port().map_err(err)?;
+                    opts.identity = site.identity().map_err(err)?.map(PathBuf::from);
+                    opts.ssh_config = self.settings.ssh_config.clone();
+                    opts.host_key_policy = self.settings.host_key_policy;
+                    opts.connect_timeout = site
+                        .connect_timeout()
+                        .map_err(err)?
+                        .or(self.settings.connect_timeout);
+                    if let Some(jump) = site.string("proxy_jump").map_err(err)? {
+                        opts.proxy_jump = Some(jump.to_owned());
+                    }
+                    Shell::with_ssh(opts)
+                }
+                Some(program) => {
+                    let program = match program {
+                        Value::String(p) => p.clone(),
+                        _ => "ssh".to_owned(),
+                    };
+                    let mut args = strings(site.config().get("args"));
+                    if let Some(config) = &self.settings.ssh_config {
+                        args.splice(0..0, ["-F".to_owned(), config.display().to_string()]);
+                    }
+                    if let Some(user) = site.user().map_err(err)? {
+                        args.extend(["-l".to_owned(), user.to_owned()]);
+                    }
+                    if let Some(port) = site.port().map_err(err)? {
+                        args.extend(["-p".to_owned(), port.to_string()]);
+                    }
+                    Shell::external_ssh(&program, args, host)
+                }
+            },
+        };
+        Ok(shell.named(site.name()).with_password_agent(agent))
+    }
+}

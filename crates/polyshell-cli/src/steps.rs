@@ -1,0 +1,109 @@
+//! The Polyfile's actions as scheduler actions: each step in order, `{...}` substituted, the
+//! action failing at the first step that fails.
+
+use crate::polyfile::{ActionSpec, StepKind};
+use crate::subst::{substitute, Scope};
+use polyshell_sched::{action, ActionContext, ActionError, ActionFn};
+use polyshell_shell::{Command, Output, Shell};
+use polyshell_sites::{json, SiteStore, Value};
+use std::sync::Arc;
+
+/// The scheduler action for `spec`.
+pub fn build(spec: ActionSpec, sites: SiteStore) -> ActionFn {
+    let spec = Arc::new(spec);
+    action(move |ctx| {
+        let spec = spec.clone();
+        let sites = sites.clone();
+        async move { run_steps(&spec, &sites, &ctx).await }
+    })
+}
+
+fn scope<'a>(ctx: &'a ActionContext, sites: &'a SiteStore) -> Scope<'a> {
+    Scope {
+        site: &ctx.site,
+        sites,
+        batch: &ctx.batch,
+        shared: &ctx.shared,
+    }
+}
+
+async fn run_steps(
+    spec: &ActionSpec,
+    sites: &SiteStore,
+    ctx: &ActionContext,
+) -> Result<(), ActionError> {
+    for step in &spec.steps {
+        match &step.kind {
+            StepKind::Run(cmd) | StepKind::Sudo(cmd) | StepKind::Local(cmd) => {
+                let script = substitute(cmd, &scope(ctx, sites), true)?;
+                let mut command = Command::new(script);
+                for (k, v) in &spec.env {
+                    command = command.env(k, v);
+                }
+                if let Some(dir) = &spec.cwd {
+                    command = command.cwd(substitute(dir, &scope(ctx, sites), false)?);
+                }
+                if let Some(t) = spec.timeout {
+                    command = command.timeout(t);
+                }
+                let out = match &step.kind {
+                    StepKind::Sudo(_) => ctx.shell.sudo(command).await?,
+                    StepKind::Local(_) => local_shell(ctx).run(command).await?,
+                    _ => ctx.shell.run(command).await?,
+                };
+                check(cmd, &out)?;
+                if let Some(key) = &step.set {
+                    let value = out.stdout_text().trim().to_owned();
+                    ctx.shared.update(ctx.site.name(), |v| {
+                        if !v.is_object() {
+                            *v = json!({});
+                        }
+                        v[key.as_str()] = Value::String(value);
+                    });
+                }
+            }
+            StepKind::Upload { from, to } => {
+                let from = substitute(from, &scope(ctx, sites), false)?;
+                let to = substitute(to, &scope(ctx, sites), false)?;
+                ctx.shell.upload(expand_home(&from), &to).await?;
+            }
+            StepKind::Download { from, to } => {
+                let from = substitute(from, &scope(ctx, sites), false)?;
+                let to = substitute(to, &scope(ctx, sites), false)?;
+                ctx.shell.download(&from, expand_home(&to)).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A `local` step runs here, its output tagged like the action's.
+fn local_shell(ctx: &ActionContext) -> Shell {
+    let shell = Shell::local()
+        .named(ctx.site.name())
+        .with_issuer(&ctx.issuer);
+    match ctx.shell.sink() {
+        Some(sink) => shell.with_sink(sink.clone()),
+        None => shell,
+    }
+}
+
+/// `~/...` in a local path means the operator's home.
+pub fn expand_home(path: &str) -> std::path::PathBuf {
+    match (path.strip_prefix("~/"), std::env::var_os("HOME")) {
+        (Some(rest), Some(home)) => std::path::Path::new(&home).join(rest),
+        _ => std::path::PathBuf::from(path),
+    }
+}
+
+/// A step whose command exits non-zero fails the action, naming the command and status.
+pub fn check(cmd: &str, out: &Output) -> Result<(), ActionError> {
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut shown: String = cmd.lines().next().unwrap_or("").chars().take(60).collect();
+    if shown.len() < cmd.len() {
+        shown.push('…');
+    }
+    Err(ActionError(format!("`{shown}` failed with {}", out.status)))
+}

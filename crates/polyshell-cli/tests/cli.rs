@@ -1,0 +1,474 @@
+//! The `polyshell` command: subcommands, output modes, exit statuses, Polyfile errors, and
+//! (with the fleet) -H ranges, --on roles, chained schedules, sudo and transfers.
+
+use assert_cmd::Command;
+use polyshell_tests::Fleet;
+use std::path::Path;
+
+fn polyshell(dir: &Path) -> Command {
+    let mut cmd = Command::cargo_bin("polyshell").unwrap();
+    cmd.current_dir(dir)
+        .env_remove("POLYSHELL_SUDO_PASSWORD")
+        .env("NO_COLOR", "1");
+    cmd
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Elapsed times vary: `in 0.1s` becomes `in Ns`.
+fn normalize(s: &str) -> String {
+    s.lines()
+        .map(|l| match l.rfind(" in ") {
+            Some(i) if l.ends_with('s') && l[i + 4..l.len() - 1].parse::<f64>().is_ok() => {
+                format!("{} in Ns", &l[..i])
+            }
+            _ => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn readme_first_command_runs_on_the_local_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = polyshell(dir.path())
+        .args(["run", "--", "echo hello from $(hostname)"])
+        .output()
+        .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        format!("local | hello from {}\n", host.trim())
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        normalize(&text(&out.stderr)),
+        "polyshell: 1 site: 1 ok, 0 failed, 0 skipped in Ns"
+    );
+}
+
+#[test]
+fn exit_statuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let failed = polyshell(dir.path())
+        .args(["run", "--", "exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(1));
+    insta::assert_snapshot!("failed_summary", normalize(&text(&failed.stderr)));
+    assert_eq!(
+        polyshell(dir.path())
+            .args(["frobnicate"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+    assert_eq!(
+        polyshell(dir.path())
+            .args(["run"])
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn help_shows_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = polyshell(dir.path()).arg("--help").output().unwrap();
+    insta::assert_snapshot!("help", text(&out.stdout));
+    let out = polyshell(dir.path())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    insta::assert_snapshot!("run_help", text(&out.stdout));
+}
+
+#[test]
+fn completions_are_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = polyshell(dir.path())
+            .args(["completions", shell])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        assert!(text(&out.stdout).contains("polyshell"), "{shell}");
+    }
+}
+
+const BROKEN: &str = r#"[sites."web[01-03"]
+host = "x"
+
+[sites.db]
+roles = ["db"]
+port = "ssh"
+
+[hosts.nope]
+
+[[jobs.deploy]]
+roles = ["app"]
+run = "echo {bogus} ${HOME}"
+colour = "red"
+
+[[jobs.backup]]
+roles = ["db"]
+run = "backup {site.target}"
+
+[schedules.release]
+jobs = ["deploy", "nojob"]
+mode = "sideways"
+"#;
+
+#[test]
+fn check_reports_every_error_with_its_position_and_nothing_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Polyfile.toml"), BROKEN).unwrap();
+    let out = polyshell(dir.path()).arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    insta::assert_snapshot!("check_errors", text(&out.stderr));
+    let marker = dir.path().join("ran");
+    let out = polyshell(dir.path())
+        .args([
+            "run",
+            "--on",
+            "all",
+            "--",
+            &format!("touch {}", marker.display()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        !marker.exists(),
+        "a run must not start on an invalid Polyfile"
+    );
+}
+
+const LOCAL_SITES: &str = r#"[sites."node[1-5]"]
+roles = ["same"]
+
+[sites.odd]
+roles = ["other"]
+word = "it's; $(rm -rf /)"
+
+[[jobs.hello]]
+roles = ["same", "other"]
+run = "echo the same output"
+
+[[jobs.odd]]
+roles = ["other"]
+run = "printf '%s\n' {site.word}"
+
+[[jobs.stamp]]
+roles = ["same"]
+steps = [{ run = "echo rev-{name}", set = "rev" }]
+
+[[jobs.use]]
+roles = ["same"]
+run = "echo got {shared.rev}"
+
+[schedules.chained]
+chain = [{ jobs = ["stamp"] }, { jobs = ["use"], mode = "parallel" }]
+"#;
+
+fn local_polyfile() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Polyfile.toml"), LOCAL_SITES).unwrap();
+    dir
+}
+
+#[test]
+fn gather_folds_identical_output() {
+    let dir = local_polyfile();
+    let out = polyshell(dir.path())
+        .args(["--output", "gather", "jobs", "hello", "odd"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    insta::assert_snapshot!("gather", text(&out.stdout));
+}
+
+#[test]
+fn substituted_values_are_data_not_code() {
+    let dir = local_polyfile();
+    let out = polyshell(dir.path())
+        .args(["jobs", "odd"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "odd | it's; $(rm -rf /)\n");
+}
+
+#[test]
+fn a_chained_schedule_reads_what_the_first_wrote() {
+    let dir = local_polyfile();
+    let out = polyshell(dir.path())
+        .args(["schedule", "chained"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for i in 1..=5 {
+        assert!(
+            stdout.contains(&format!("node{i} | got rev-node{i}\n")),
+            "{stdout}"
+        );
+    }
+}
+
+#[test]
+fn json_output_is_one_event_per_line() {
+    let dir = local_polyfile();
+    let out = polyshell(dir.path())
+        .args([
+            "--output",
+            "json",
+            "run",
+            "--on",
+            "node[1-2]",
+            "--",
+            "printf 'a\\nb'; printf '\\377' >&2",
+        ])
+        .output()
+        .unwrap();
+    let events: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| e["event"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds.first(), Some(&"schedule_started"));
+    assert_eq!(kinds.last(), Some(&"summary"));
+    let lines: Vec<&serde_json::Value> = events.iter().filter(|e| e["event"] == "output").collect();
+    assert_eq!(lines.len(), 6);
+    assert!(lines
+        .iter()
+        .any(|e| e["line"] == "b" && e["newline"] == false));
+    assert!(
+        lines
+            .iter()
+            .any(|e| e["stream"] == "stderr" && e["line_base64"] == "/w=="),
+        "binary bytes intact"
+    );
+    assert!(events
+        .iter()
+        .all(|e| e["event"] != "action_started" || e["id"].as_str().unwrap().contains('-')));
+}
+
+#[test]
+fn quiet_prints_only_the_summary_and_sites_lists() {
+    let dir = local_polyfile();
+    let out = polyshell(dir.path())
+        .args(["--output", "quiet", "jobs", "hello"])
+        .output()
+        .unwrap();
+    assert_eq!(text(&out.stdout), "");
+    assert!(text(&out.stderr).contains("6 sites: 6 ok"));
+    let out = polyshell(dir.path())
+        .args(["sites", "same"])
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stdout).ends_with("5 sites: node[1-5]\n"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = polyshell(dir.path())
+        .args(["sites", "show", "odd"])
+        .output()
+        .unwrap();
+    assert!(text(&out.stdout).contains("roles: odd, other"));
+    let out = polyshell(dir.path())
+        .args(["run", "--on", "nosuch", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("`nosuch` is neither a role nor a site"));
+}
+
+fn fleet_cmd(fleet: &Fleet) -> Command {
+    let mut cmd = polyshell(&fleet.dir);
+    cmd.args(["--ssh-config", &fleet.ssh_config.display().to_string()]);
+    cmd
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn hosts_ranges_and_stream_output() {
+    let fleet = Fleet::load();
+    let out = fleet_cmd(&fleet)
+        .args([
+            "-H",
+            "site[001-005],proxied",
+            "run",
+            "--",
+            "echo $SSH_CONNECTION | cut -d' ' -f3",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for i in 1..=5 {
+        assert!(
+            stdout.contains(&format!("site00{i} | 127.77.0.{i}\n")),
+            "{stdout}"
+        );
+    }
+    assert!(
+        stdout.contains("proxied | 127.78.0.2\n"),
+        "aligned prefixes: {stdout}"
+    );
+}
+
+fn fleet_polyfile(fleet: &Fleet) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let text = r#"[sites."site[011-020]"]
+roles = ["web"]
+host = "{name}"
+
+[sites."site[021-022]"]
+roles = ["db"]
+host = "{name}"
+
+[[jobs.whoami]]
+roles = ["web"]
+sudo = "id -u"
+"#;
+    let _ = fleet;
+    std::fs::write(dir.path().join("Polyfile.toml"), text).unwrap();
+    dir
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn on_roles_sudo_from_the_environment_and_transfers() {
+    let fleet = Fleet::load();
+    let dir = fleet_polyfile(&fleet);
+    let mut cmd = fleet_cmd(&fleet);
+    cmd.current_dir(dir.path())
+        .env("POLYSHELL_SUDO_PASSWORD", &fleet.password);
+    let out = cmd
+        .args([
+            "--output", "gather", "run", "--on", "web", "--sudo", "--", "id -u",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "----- site[011-020] (10)\n0\n");
+    assert!(
+        !text(&out.stdout).contains(&fleet.password)
+            && !text(&out.stderr).contains(&fleet.password)
+    );
+
+    // A Polyfile job with a sudo step, db sites untouched.
+    let mut cmd = fleet_cmd(&fleet);
+    cmd.current_dir(dir.path())
+        .env("POLYSHELL_SUDO_PASSWORD", &fleet.password);
+    let out = cmd.args(["jobs", "whoami"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 10);
+
+    // Wrong password from a non-interactive source: fails fast, never retried.
+    let mut cmd = fleet_cmd(&fleet);
+    cmd.current_dir(dir.path())
+        .env("POLYSHELL_SUDO_PASSWORD", "wrong");
+    let out = cmd
+        .args(["run", "--on", "db", "--sudo", "--", "id -u"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("sudo rejected the password"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Upload a tree to two sites, download it back (into DST/SITE).
+    let src = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(src.path().join("tree/sub")).unwrap();
+    std::fs::write(src.path().join("tree/sub/f"), "payload").unwrap();
+    let out = fleet_cmd(&fleet)
+        .current_dir(dir.path())
+        .args([
+            "upload",
+            &src.path().join("tree").display().to_string(),
+            "cli-rt",
+            "--on",
+            "db",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let back = tempfile::tempdir().unwrap();
+    let out = fleet_cmd(&fleet)
+        .current_dir(dir.path())
+        .args([
+            "download",
+            "cli-rt",
+            &back.path().display().to_string(),
+            "--on",
+            "db",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for site in ["site021", "site022"] {
+        assert_eq!(
+            std::fs::read_to_string(back.path().join(site).join("sub/f")).unwrap(),
+            "payload"
+        );
+    }
+    fleet_cmd(&fleet)
+        .current_dir(dir.path())
+        .args(["run", "--on", "db", "--", "rm -rf cli-rt"])
+        .assert()
+        .success();
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn a_dead_site_fails_alone_with_its_reason() {
+    let fleet = Fleet::load();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("Polyfile.toml"),
+        format!(
+            "[sites.good]\nhost = \"site030\"\n[sites.dead]\nhost = \"127.0.0.1\"\nport = {port}\n"
+        ),
+    )
+    .unwrap();
+    let out = fleet_cmd(&fleet)
+        .current_dir(dir.path())
+        .args([
+            "--connect-timeout",
+            "1",
+            "run",
+            "--on",
+            "all",
+            "--",
+            "echo fine",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stdout), "good | fine\n");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("1 ok, 1 failed"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "failed  dead: dead: no SSH session with 127.0.0.1:{port} within the connect timeout"
+        )),
+        "{stderr}"
+    );
+    drop(silent);
+}
