@@ -1,0 +1,102 @@
+//! `polyshell` on a real terminal (a pty): the progress line and the output never tear each
+//! other, the summary renders, and `-K` asks for the password without echoing it.
+
+use expectrl::session::OsSession;
+use expectrl::{Eof, Expect, Session};
+use polyshell_tests::Fleet;
+use std::process::Command;
+use std::time::Duration;
+
+fn session(fleet: &Fleet, args: &[&str]) -> OsSession {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_polyshell"));
+    cmd.args(["--ssh-config", &fleet.ssh_config.display().to_string()])
+        .args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("POLYSHELL_SUDO_PASSWORD");
+    let mut session = Session::spawn(cmd).expect("a pty");
+    session.set_expect_timeout(Some(Duration::from_secs(120)));
+    session
+}
+
+fn strip_ansi(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out = String::new();
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\x1b' {
+            // CSI: ESC [ params final-byte
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for d in chars.by_ref() {
+                    if d.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn progress_line_and_output_never_tear() {
+    let fleet = Fleet::load();
+    let mut s = session(
+        &fleet,
+        &[
+            "-H",
+            "site[201-250]",
+            "run",
+            "--",
+            "sleep 1; echo done-line-$(id -un)",
+        ],
+    );
+    let all = s.expect(Eof).expect("polyshell ends");
+    let text = strip_ansi(&[all.before(), all.as_bytes()].concat());
+    assert!(
+        text.contains("[polyshell] "),
+        "a progress line was drawn: {text}"
+    );
+    assert!(text.contains("running"), "{text}");
+    for i in 201..=250 {
+        let line = format!("site{i} | done-line-polytest");
+        assert!(text.contains(&line), "`{line}` torn or missing in:\n{text}");
+    }
+    // Every output line is whole: the progress line never sits inside one.
+    for line in text.split(['\n', '\r']).filter(|l| l.contains("done-line")) {
+        assert!(
+            line.starts_with("site") && line.ends_with("done-line-polytest"),
+            "torn: {line:?}"
+        );
+    }
+    assert!(
+        text.contains("polyshell: 50 sites: 50 ok, 0 failed, 0 skipped"),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn ask_sudo_pass_prompts_silently() {
+    let fleet = Fleet::load();
+    let mut s = session(
+        &fleet,
+        &["-K", "-H", "site[251-255]", "run", "--sudo", "--", "id -u"],
+    );
+    s.expect("sudo password for agent `default`")
+        .expect("the prompt");
+    s.send_line(&fleet.password).unwrap();
+    let rest = s.expect(Eof).expect("polyshell ends");
+    let text = strip_ansi(&[rest.before(), rest.as_bytes()].concat());
+    assert!(
+        !text.contains(&fleet.password),
+        "the password was echoed: {text}"
+    );
+    for i in 251..=255 {
+        assert!(text.contains(&format!("site{i} | 0")), "{text}");
+    }
+    assert!(text.contains("5 sites: 5 ok"), "{text}");
+}
