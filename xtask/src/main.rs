@@ -5,6 +5,7 @@
 //! cargo xtask fleet up [--sites N] | fleet down | fleet status
 //! ```
 
+mod bench;
 mod fleet;
 mod packages;
 mod test;
@@ -21,6 +22,9 @@ usage:
   cargo xtask fleet up [--sites N]    start a throwaway fleet of sshd processes on loopback
   cargo xtask fleet down              stop exactly the processes `fleet up` started
   cargo xtask fleet status            show the fleet and check that every site answers
+  cargo xtask bench [--sites N] [--runs K] [--peers] [--smoke]
+      polyshell vs OpenSSH (and with --peers pssh, pdsh, clustershell, bssh) on a fleet of
+      N sites (default 100); tables in target/bench/
 ";
 
 fn main() -> ExitCode {
@@ -40,6 +44,40 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             let (opts, passthrough) = split_passthrough(rest);
             let sites = parse_sites(opts, test::DEFAULT_SITES)?;
             test::run(sites, passthrough)
+        }
+        ["bench", rest @ ..] => {
+            let mut opts = bench::Options {
+                sites: 100,
+                runs: 3,
+                peers: false,
+                smoke: false,
+            };
+            let mut i = 0;
+            while i < rest.len() {
+                match rest[i] {
+                    "--peers" => opts.peers = true,
+                    "--smoke" => {
+                        opts.smoke = true;
+                        opts.sites = 10;
+                        opts.runs = 1;
+                    }
+                    "--sites" | "--runs" if i + 1 < rest.len() => {
+                        let n: usize = rest[i + 1]
+                            .parse()
+                            .with_context(|| format!("{} {}", rest[i], rest[i + 1]))?;
+                        if rest[i] == "--sites" {
+                            opts.sites = parse_sites(&["--sites", rest[i + 1]], n)?;
+                        } else {
+                            opts.runs = n.max(1);
+                        }
+                        i += 1;
+                    }
+                    other => bail!("bench: unexpected argument `{other}`\n{USAGE}"),
+                }
+                i += 1;
+            }
+            bench::run(opts)?;
+            Ok(ExitCode::SUCCESS)
         }
         ["fleet", "up", rest @ ..] => {
             let sites = parse_sites(rest, fleet::DEFAULT_SITES)?;

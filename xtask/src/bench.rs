@@ -1,0 +1,561 @@
+//! `cargo xtask bench`: polyshell against the fleet, side by side with the tools an operator
+//! would otherwise use, in interleaved runs; medians with min/max. Writes
+//! `target/bench/bench.md` and `bench.json`.
+
+use crate::{fleet, packages};
+use anyhow::{bail, Context, Result};
+use polyshell_tests::Fleet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+pub struct Options {
+    pub sites: usize,
+    pub runs: usize,
+    pub peers: bool,
+    pub smoke: bool,
+}
+
+/// One measured run of a command.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    wall: f64,
+    cpu: f64,
+    rss_kib: u64,
+    server_cpu: f64,
+    ok: bool,
+}
+
+struct Tool {
+    name: String,
+    /// argv; run with `sh -c` when it is one string with shell syntax.
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+}
+
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// CPU seconds the fleet's sshd processes and their reaped children have used.
+fn server_cpu(fleet: &Fleet) -> f64 {
+    let ticks: u64 = fleet
+        .processes
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).ok())
+        .filter_map(|stat| {
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split(' ').collect();
+            // utime, stime, cutime, cstime are fields 14-17 of stat; 12-15 after the state.
+            Some(
+                (11..15)
+                    .filter_map(|i| fields.get(i)?.parse::<u64>().ok())
+                    .sum::<u64>(),
+            )
+        })
+        .sum();
+    ticks as f64 / clock_ticks()
+}
+
+/// Runs `tool` once, measuring wall time, its CPU (user+sys, children included), peak RSS,
+/// and the fleet's sshd CPU meanwhile.
+fn measure(tool: &Tool, fleet: &Fleet) -> Result<Sample> {
+    let before = server_cpu(fleet);
+    let started = Instant::now();
+    let child = Command::new(&tool.argv[0])
+        .args(&tool.argv[1..])
+        .envs(tool.env.iter().cloned())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {}", tool.argv[0]))?;
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let wall = started.elapsed().as_secs_f64();
+    std::mem::forget(child); // reaped by wait4 above
+    if waited != pid {
+        bail!("waiting for {} failed", tool.name);
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    // The server side finishes a moment after the client: let it settle.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    Ok(Sample {
+        wall,
+        cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
+        rss_kib: usage.ru_maxrss as u64,
+        server_cpu: server_cpu(fleet) - before,
+        ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+    })
+}
+
+fn median(mut xs: Vec<f64>) -> (f64, f64, f64) {
+    xs.sort_by(|a, b| a.total_cmp(b));
+    if xs.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    (xs[xs.len() / 2], xs[0], xs[xs.len() - 1])
+}
+
+struct Row {
+    scenario: String,
+    tool: String,
+    samples: Vec<Sample>,
+}
+
+impl Row {
+    fn stat(&self, f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
+        median(self.samples.iter().map(f).collect())
+    }
+    fn all_ok(&self) -> bool {
+        self.samples.iter().all(|s| s.ok)
+    }
+}
+
+fn sh(script: String) -> Vec<String> {
+    vec!["sh".into(), "-c".into(), script]
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    packages::ensure()?;
+    let root = crate::workspace_root();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(&cargo)
+        .current_dir(&root)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "polyshell-cli",
+            "-p",
+            "polyshell-shell",
+            "--bins",
+            "--examples",
+        ])
+        .status()?;
+    if !built.success() {
+        bail!("cargo build --release failed");
+    }
+    let release = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+        .join("release");
+    let polyshell = release.join("polyshell").display().to_string();
+    let transfer = release.join("examples/transfer").display().to_string();
+    let peers = if opts.peers {
+        install_peers()?
+    } else {
+        Vec::new()
+    };
+
+    let dir = fleet::dir();
+    let fleet = fleet::up(&dir, opts.sites)?;
+    let result = bench(&opts, &fleet, &polyshell, &transfer, &peers, &root);
+    let downed = fleet::down(&dir);
+    result?;
+    downed
+}
+
+fn install_peers() -> Result<Vec<&'static str>> {
+    let mut have = Vec::new();
+    let wanted = [
+        ("parallel-ssh", "pssh"),
+        ("pdsh", "pdsh"),
+        ("clush", "clustershell"),
+    ];
+    let missing: Vec<&str> = wanted
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() && packages::is_root() {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
+    }
+    for (bin, _) in wanted {
+        if which(bin).is_some() {
+            have.push(bin);
+        }
+    }
+    if which("bssh").is_none() {
+        eprintln!("xtask: installing bssh 2.2.3 (cargo install; this compiles for a while)");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let _ = Command::new(cargo)
+            .args(["install", "--locked", "bssh@2.2.3"])
+            .status();
+    }
+    if which("bssh").is_some() {
+        have.push("bssh");
+    }
+    Ok(have)
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.exists())
+}
+
+fn fanout_tools(fleet: &Fleet, polyshell: &str, n: usize, cmd: &str, peers: &[&str]) -> Vec<Tool> {
+    let cfg = fleet.ssh_config.display().to_string();
+    let range = format!("site[001-{n:03}]");
+    let hosts: Vec<String> = fleet.sites.iter().take(n).map(|s| s.name.clone()).collect();
+    let hosts_file = fleet.dir.join("bench-hosts");
+    let _ = std::fs::write(&hosts_file, hosts.join("\n") + "\n");
+    let mut tools = vec![Tool {
+        name: "polyshell".into(),
+        argv: [
+            polyshell,
+            "--ssh-config",
+            &cfg,
+            "--output",
+            "quiet",
+            "-H",
+            &range,
+            "run",
+            "--",
+            cmd,
+        ]
+        .map(String::from)
+        .to_vec(),
+        env: vec![],
+    }];
+    tools.push(Tool {
+        name: "openssh (xargs -P)".into(),
+        argv: sh(format!(
+            "xargs -P {n} -I{{}} ssh -F {cfg} {{}} {cmd:?} > /dev/null < {}",
+            hosts_file.display()
+        )),
+        env: vec![],
+    });
+    for peer in peers {
+        let argv = match *peer {
+            "parallel-ssh" => sh(format!(
+                "parallel-ssh -p {n} -t 0 -h {} -x '-F {cfg}' {cmd:?}",
+                hosts_file.display()
+            )),
+            "pdsh" => sh(format!("pdsh -R ssh -f {n} -w '{range}' {cmd:?}")),
+            "clush" => sh(format!("clush -f {n} -w '{range}' -o '-F {cfg}' {cmd:?}")),
+            "bssh" => sh(format!(
+                "bssh -F {cfg} -H {} --parallel {n} {cmd:?}",
+                hosts.join(",")
+            )),
+            _ => continue,
+        };
+        let env = if *peer == "pdsh" {
+            vec![("PDSH_SSH_ARGS_APPEND".into(), format!("-F {cfg}"))]
+        } else {
+            vec![]
+        };
+        tools.push(Tool {
+            name: peer.to_string(),
+            argv,
+            env,
+        });
+    }
+    tools
+}
+
+fn bench(
+    opts: &Options,
+    fleet: &Fleet,
+    polyshell: &str,
+    transfer: &str,
+    peers: &[&str],
+    root: &Path,
+) -> Result<()> {
+    let n = opts.sites;
+    let mut rows: Vec<Row> = Vec::new();
+    let scenarios: Vec<(String, Vec<Tool>)> = vec![
+        (
+            format!("{n} sites `true`"),
+            fanout_tools(fleet, polyshell, n, "true", peers),
+        ),
+        (
+            format!("{n} sites `echo hi`"),
+            fanout_tools(fleet, polyshell, n, "echo hi", peers),
+        ),
+    ];
+    // Interleaved: every tool once per round, rounds repeated.
+    for (scenario, tools) in &scenarios {
+        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
+        for _ in 0..opts.runs {
+            for (i, tool) in tools.iter().enumerate() {
+                samples[i].push(measure(tool, fleet)?);
+            }
+        }
+        for (tool, s) in tools.iter().zip(samples) {
+            rows.push(Row {
+                scenario: scenario.clone(),
+                tool: tool.name.clone(),
+                samples: s,
+            });
+        }
+    }
+
+    // A 4-job batch on up to 100 sites vs one job, and vs 4 invocations of a peer.
+    let batch_sites = n.min(100);
+    let polyfile = fleet.dir.join("bench.toml");
+    std::fs::write(
+        &polyfile,
+        format!(
+            "[sites.\"site[001-{batch_sites:03}]\"]\nroles = [\"b\"]\nhost = \"{{name}}\"\n\n\
+             [[jobs.j1]]\nroles = [\"b\"]\nrun = \"true\"\n[[jobs.j2]]\nroles = [\"b\"]\nrun = \"true\"\n\
+             [[jobs.j3]]\nroles = [\"b\"]\nrun = \"true\"\n[[jobs.j4]]\nroles = [\"b\"]\nrun = \"true\"\n\n\
+             [schedules.one]\njobs = [\"j1\"]\n[schedules.four]\njobs = [\"j1\", \"j2\", \"j3\", \"j4\"]\n"
+        ),
+    )?;
+    let cfg = fleet.ssh_config.display().to_string();
+    let pf = polyfile.display().to_string();
+    let batch_tools = vec![
+        Tool {
+            name: "polyshell, 1 job".into(),
+            argv: [
+                polyshell,
+                "--ssh-config",
+                &cfg,
+                "--output",
+                "quiet",
+                "-f",
+                &pf,
+                "schedule",
+                "one",
+            ]
+            .map(String::from)
+            .to_vec(),
+            env: vec![],
+        },
+        Tool {
+            name: "polyshell, 4 jobs site-sequential".into(),
+            argv: [
+                polyshell,
+                "--ssh-config",
+                &cfg,
+                "--output",
+                "quiet",
+                "-f",
+                &pf,
+                "schedule",
+                "four",
+            ]
+            .map(String::from)
+            .to_vec(),
+            env: vec![],
+        },
+    ];
+    let mut peer_four: Vec<Tool> = fanout_tools(fleet, polyshell, batch_sites, "true", peers)
+        .into_iter()
+        .skip(1)
+        .map(|t| Tool {
+            name: format!("{}, 4 invocations", t.name),
+            argv: sh(format!(
+                "for i in 1 2 3 4; do {} || exit 1; done",
+                shell_join(&t.argv)
+            )),
+            env: t.env,
+        })
+        .collect();
+    let mut tools = batch_tools;
+    tools.append(&mut peer_four);
+    let scenario = format!("batch of 4 jobs, {batch_sites} sites");
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
+    for _ in 0..opts.runs {
+        for (i, tool) in tools.iter().enumerate() {
+            samples[i].push(measure(tool, fleet)?);
+        }
+    }
+    for (tool, s) in tools.iter().zip(samples) {
+        rows.push(Row {
+            scenario: scenario.clone(),
+            tool: tool.name.clone(),
+            samples: s,
+        });
+    }
+
+    // SFTP: one file up and down, vs scp.
+    let size_mb = if opts.smoke { 5 } else { 200 };
+    let file = fleet.dir.join("bench.bin");
+    let status = Command::new("head")
+        .args(["-c", &format!("{}", size_mb * 1_000_000), "/dev/urandom"])
+        .stdout(std::fs::File::create(&file)?)
+        .status()?;
+    if !status.success() {
+        bail!("making the transfer file failed");
+    }
+    let f = file.display().to_string();
+    let mut sftp_lines = Vec::new();
+    for _ in 0..opts.runs {
+        let out = Command::new(transfer)
+            .args([&cfg, "site001", &f])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let times: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let t0 = Instant::now();
+        let up = Command::new("scp")
+            .args(["-q", "-F", &cfg, &f, "site001:bench-scp.bin"])
+            .status()?;
+        let scp_up = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let down = Command::new("scp")
+            .args([
+                "-q",
+                "-F",
+                &cfg,
+                "site001:bench-scp.bin",
+                &format!("{f}.scp"),
+            ])
+            .status()?;
+        let scp_down = t0.elapsed().as_secs_f64();
+        let _ = std::fs::remove_file(format!("{f}.scp"));
+        if times.len() == 2 && up.success() && down.success() {
+            sftp_lines.push((times[0], times[1], scp_up, scp_down));
+        }
+    }
+    let _ = std::fs::remove_file(&file);
+
+    let scheduler = if opts.smoke {
+        None
+    } else {
+        scheduler_overhead(root)
+    };
+    report(opts, &rows, &sftp_lines, size_mb, scheduler, root)
+}
+
+fn shell_join(argv: &[String]) -> String {
+    if argv.len() == 3 && argv[0] == "sh" && argv[1] == "-c" {
+        return argv[2].clone();
+    }
+    argv.iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Runs the criterion scheduler benchmark; the median time per 100,000 actions.
+fn scheduler_overhead(root: &Path) -> Option<f64> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(root)
+        .args([
+            "bench",
+            "-p",
+            "polyshell-sched",
+            "--bench",
+            "overhead",
+            "--",
+            "--noplot",
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.contains("time:"))?;
+    let inner = line.split('[').nth(1)?.split(']').next()?;
+    let parts: Vec<&str> = inner.split_whitespace().collect();
+    let (value, unit) = (parts.get(2)?.parse::<f64>().ok()?, *parts.get(3)?);
+    let secs = match unit {
+        "s" => value,
+        "ms" => value / 1e3,
+        "µs" | "us" => value / 1e6,
+        _ => return None,
+    };
+    Some(secs / 100_000.0 * 1e6)
+}
+
+fn report(
+    opts: &Options,
+    rows: &[Row],
+    sftp: &[(f64, f64, f64, f64)],
+    size_mb: usize,
+    scheduler_us: Option<f64>,
+    root: &Path,
+) -> Result<()> {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2) as f64;
+    let mut md = String::new();
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    writeln!(
+        md,
+        "Machine: {} cores ({cpu_model}), fleet of {} sshd sites on loopback, one KEX (curve25519-sha256). \
+         {} interleaved run(s) each; median (min-max).\n",
+        cores, opts.sites, opts.runs
+    )?;
+    writeln!(md, "| scenario | tool | wall s | client CPU s | peak RSS MB | sshd CPU s | floor s | wall/floor | ok |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    let mut json_rows = Vec::new();
+    for r in rows {
+        let (wall, wmin, wmax) = r.stat(|s| s.wall);
+        let (cpu, _, _) = r.stat(|s| s.cpu);
+        let (rss, _, _) = r.stat(|s| s.rss_kib as f64 / 1024.0);
+        let (server, _, _) = r.stat(|s| s.server_cpu);
+        let floor = (server + cpu) / cores;
+        writeln!(
+            md,
+            "| {} | {} | {wall:.2} ({wmin:.2}-{wmax:.2}) | {cpu:.2} | {rss:.1} | {server:.2} | {floor:.2} | {:.2} | {} |",
+            r.scenario,
+            r.tool,
+            wall / floor,
+            if r.all_ok() { "yes" } else { "NO" }
+        )?;
+        json_rows.push(serde_json::json!({
+            "scenario": r.scenario, "tool": r.tool, "wall": wall, "wall_min": wmin, "wall_max": wmax,
+            "client_cpu": cpu, "peak_rss_mb": rss, "server_cpu": server, "floor": floor, "ok": r.all_ok(),
+        }));
+    }
+    if !sftp.is_empty() {
+        let up = median(sftp.iter().map(|s| s.0).collect()).0;
+        let down = median(sftp.iter().map(|s| s.1).collect()).0;
+        let scp_up = median(sftp.iter().map(|s| s.2).collect()).0;
+        let scp_down = median(sftp.iter().map(|s| s.3).collect()).0;
+        writeln!(
+            md,
+            "\n| transfer of {size_mb} MB | polyshell (SFTP) s | scp s | throughput ratio |"
+        )?;
+        writeln!(md, "|---|---|---|---|")?;
+        writeln!(
+            md,
+            "| upload | {up:.2} | {scp_up:.2} | {:.2} |",
+            scp_up / up
+        )?;
+        writeln!(
+            md,
+            "| download | {down:.2} | {scp_down:.2} | {:.2} |",
+            scp_down / down
+        )?;
+        json_rows.push(serde_json::json!({"scenario": "sftp", "size_mb": size_mb, "upload": up, "download": down, "scp_upload": scp_up, "scp_download": scp_down}));
+    }
+    if let Some(us) = scheduler_us {
+        writeln!(md, "\nScheduler overhead (criterion, 1,000 sites x 100 no-op jobs): {us:.2} µs per action.")?;
+        json_rows.push(serde_json::json!({"scenario": "scheduler", "us_per_action": us}));
+    }
+    let out = root.join("target").join("bench");
+    std::fs::create_dir_all(&out)?;
+    std::fs::write(out.join("bench.md"), &md)?;
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(&json_rows)?,
+    )?;
+    println!("{md}");
+    println!("written to {}", out.display());
+    Ok(())
+}
