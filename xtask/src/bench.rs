@@ -246,9 +246,13 @@ fn fanout_tools(fleet: &Fleet, polyshell: &str, n: usize, cmd: &str, peers: &[&s
             )),
             "pdsh" => sh(format!("pdsh -R ssh -f {n} -w '{range}' {cmd:?}")),
             "clush" => sh(format!("clush -f {n} -w '{range}' -o '-F {cfg}' {cmd:?}")),
+            // bssh takes no IdentityFile from the config, and records host keys in
+            // ~/.ssh/known_hosts: a HOME of its own keeps the operator's untouched.
             "bssh" => sh(format!(
-                "bssh -F {cfg} -H {} --parallel {n} {cmd:?}",
-                hosts.join(",")
+                "mkdir -p {home}/.ssh && HOME={home} bssh -F {cfg} -i {} -H {} --parallel {n} {cmd:?}",
+                fleet.identity.display(),
+                hosts.join(","),
+                home = fleet.dir.join("bssh-home").display()
             )),
             _ => continue,
         };

@@ -7,6 +7,7 @@
 
 mod bench;
 mod fleet;
+mod fuzz;
 mod packages;
 mod test;
 
@@ -25,6 +26,7 @@ usage:
   cargo xtask bench [--sites N] [--runs K] [--peers] [--smoke]
       polyshell vs OpenSSH (and with --peers pssh, pdsh, clustershell, bssh) on a fleet of
       N sites (default 100); tables in target/bench/
+  cargo xtask fuzz [--seconds N]      run each fuzz target for N seconds (default 60)
 ";
 
 fn main() -> ExitCode {
@@ -77,6 +79,15 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
                 i += 1;
             }
             bench::run(opts)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ["fuzz", rest @ ..] => {
+            let seconds = match rest {
+                [] => 60,
+                ["--seconds", n] => n.parse().with_context(|| format!("--seconds {n}"))?,
+                other => bail!("fuzz: unexpected arguments {other:?}\n{USAGE}"),
+            };
+            fuzz::run(seconds)?;
             Ok(ExitCode::SUCCESS)
         }
         ["fleet", "up", rest @ ..] => {

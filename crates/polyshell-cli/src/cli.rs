@@ -359,11 +359,14 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
                         command = command.timeout(t);
                     }
                     let out = if sudo {
-                        ctx.shell.sudo(command).await?
+                        ctx.shell.sudo(command).await
                     } else {
-                        ctx.shell.run(command).await?
+                        ctx.shell.run(command).await
                     };
-                    steps::check(&script, &out)
+                    // One command per site: let go of the connection now, so that a
+                    // thousand-site run never holds a thousand idle sessions.
+                    ctx.shell.disconnect().await;
+                    steps::check(&script, &out?)
                 }
             });
             adhoc(&cli, inv, targets, "run", act).await

@@ -1,14 +1,5 @@
-//! `polyshell`: run jobs on many sites at once. Parses argv and hands over to [`cli`].
-
-mod cli;
-mod exit;
-mod polyfile;
-mod report;
-mod run;
-mod shells;
-mod steps;
-mod subst;
+//! `polyshell`: run jobs on many sites at once. Everything is in the library.
 
 fn main() -> std::process::ExitCode {
-    std::process::ExitCode::from(cli::main())
+    std::process::ExitCode::from(polyshell_cli::cli::main())
 }

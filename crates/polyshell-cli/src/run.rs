@@ -108,6 +108,8 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
             break;
         }
     }
+    // Commands cancelled by a second Ctrl-C are being killed on their hosts: let that finish.
+    polyshell_shell::flush_terminations(Duration::from_secs(10)).await;
     ticker.abort();
     interrupts.abort();
     terminal.set_status(None);

@@ -42,7 +42,7 @@ pub use error::{ErrorKind, ShellError};
 pub use output::{
     signal_number, ExitStatus, Line, Output, OutputSink, Stream, DEFAULT_CAPTURE_LIMIT, MAX_LINE,
 };
-pub use ssh::{HostKeyPolicy, SshOptions};
+pub use ssh::{flush_terminations, HostKeyPolicy, SshOptions};
 
 use async_trait::async_trait;
 use polyshell_auth::{NoPrompter, PasswordAgent, TerminalPrompter};
@@ -64,6 +64,9 @@ pub trait Transport: Send + Sync {
     async fn download(&self, remote: &str, local: &Path) -> Result<(), ErrorKind>;
     /// A short description for logs, e.g. `ssh web01`.
     fn describe(&self) -> String;
+    /// Lets go of the connection (if any) once nothing uses it; the next command connects
+    /// again. Frees a site's memory when a run is done with it.
+    async fn disconnect(&self) {}
 }
 
 /// A shell on one site: where commands run. Clones share the transport (and so the SSH
@@ -251,6 +254,12 @@ impl Shell {
 
     fn error(&self, kind: ErrorKind) -> ShellError {
         ShellError::new(&*self.site, kind)
+    }
+
+    /// Closes the shell's connection once no command of it runs any more (clones share it);
+    /// a later command connects again.
+    pub async fn disconnect(&self) {
+        self.transport.disconnect().await
     }
 
     /// Connects now rather than at the first command.

@@ -159,6 +159,11 @@ impl Transport for SshTransport {
     fn describe(&self) -> String {
         format!("ssh {}", self.opts.host)
     }
+
+    async fn disconnect(&self) {
+        // The driver ends (and says goodbye) when its last handle is gone.
+        self.conn.lock().await.take();
+    }
 }
 
 /// A command (or forwarded port) on a connection.
@@ -278,10 +283,40 @@ impl Process for SshProcess {
 impl Drop for SshProcess {
     fn drop(&mut self) {
         if !self.finished {
-            let _ = self.conn.tx.send(Request::Terminate {
+            let (done, wait) = oneshot::channel();
+            let request = Request::Terminate {
                 id: self.id,
-                done: None,
-            });
+                done: Some(done),
+            };
+            if self.conn.tx.send(request).is_ok() {
+                pending_terminations()
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(wait);
+            }
         }
     }
+}
+
+/// Terminations started by dropping a running command, not yet confirmed by its connection.
+fn pending_terminations() -> &'static std::sync::Mutex<Vec<oneshot::Receiver<()>>> {
+    static PENDING: OnceLock<std::sync::Mutex<Vec<oneshot::Receiver<()>>>> = OnceLock::new();
+    PENDING.get_or_init(Default::default)
+}
+
+/// Waits (at most `limit`) until every command cancelled by dropping its future has been
+/// terminated on its host. A program about to exit calls this, or the kills still queued
+/// for its connections would die with it.
+pub async fn flush_terminations(limit: Duration) {
+    let pending = std::mem::take(
+        &mut *pending_terminations()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()),
+    );
+    let _ = tokio::time::timeout(limit, async {
+        for wait in pending {
+            let _ = wait.await;
+        }
+    })
+    .await;
 }

@@ -1,0 +1,24 @@
+//! The `polyshell` command as a library: everything but `main`, so that tests and fuzzers
+//! reach the Polyfile parser and the substitution rules directly.
+//!
+//! - [`polyfile`]: load and check a Polyfile (every error positioned).
+//! - [`subst`]: `{...}` placeholders, checked and substituted as shell data.
+//! - [`cli::main`]: parse argv and run; returns the exit status ([`exit`]).
+//!
+//! ```
+//! use polyshell_cli::polyfile;
+//! use polyshell_sites::diag::Source;
+//!
+//! let source = Source::new("Polyfile.toml", "[sites.web1]\nhost = \"web1\"\n[[jobs.up]]\nroles = [\"web1\"]\nrun = \"uptime\"\n");
+//! let pf = polyfile::load(&source).unwrap();
+//! assert!(pf.jobs.contains_key("up"));
+//! ```
+
+pub mod cli;
+pub mod exit;
+pub mod polyfile;
+mod report;
+mod run;
+mod shells;
+mod steps;
+pub mod subst;
