@@ -23,24 +23,51 @@ pub enum OutputMode {
 }
 
 /// The terminal's two streams with the progress line kept at the bottom of stderr: every
-/// write clears it first and draws it again after, so it never tears a line.
+/// write clears it first and draws it again after, so it never tears a line. Without a
+/// progress line (output to a pipe or file) writes are buffered and flushed at least every
+/// [`flush`](Terminal::flush) call (the ticker's, every 200 ms) and at the end.
 pub struct Terminal {
-    status: Mutex<Option<String>>,
+    state: Mutex<TerminalState>,
     progress: bool,
 }
+
+#[derive(Default)]
+struct TerminalState {
+    status: Option<String>,
+    out: Vec<u8>,
+    err: Vec<u8>,
+}
+
+/// Buffered output goes out once it reaches this size.
+const BUFFER: usize = 64 * 1024;
 
 impl Terminal {
     pub fn new(progress: bool) -> Arc<Terminal> {
         Arc::new(Terminal {
-            status: Mutex::new(None),
+            state: Mutex::new(TerminalState::default()),
             progress,
         })
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, TerminalState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub fn write(&self, stream: ConsoleStream, bytes: &[u8]) {
-        let status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
+        if !self.progress {
+            let buffer = match stream {
+                ConsoleStream::Stdout => &mut state.out,
+                ConsoleStream::Stderr => &mut state.err,
+            };
+            buffer.extend_from_slice(bytes);
+            if buffer.len() >= BUFFER {
+                Self::drain(&mut state);
+            }
+            return;
+        }
         let mut err = std::io::stderr().lock();
-        if status.is_some() {
+        if state.status.is_some() {
             let _ = err.write_all(b"\r\x1b[2K");
         }
         match stream {
@@ -53,10 +80,30 @@ impl Terminal {
                 let _ = err.write_all(bytes);
             }
         }
-        if let Some(line) = status.as_ref() {
+        if let Some(line) = state.status.as_ref() {
             let _ = err.write_all(line.as_bytes());
         }
         let _ = err.flush();
+    }
+
+    fn drain(state: &mut TerminalState) {
+        if !state.out.is_empty() {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(&state.out);
+            let _ = out.flush();
+            state.out.clear();
+        }
+        if !state.err.is_empty() {
+            let mut err = std::io::stderr().lock();
+            let _ = err.write_all(&state.err);
+            let _ = err.flush();
+            state.err.clear();
+        }
+    }
+
+    /// Writes out whatever is buffered.
+    pub fn flush(&self) {
+        Self::drain(&mut self.lock());
     }
 
     /// Draws (or with `None`, removes) the progress line.
@@ -64,14 +111,14 @@ impl Terminal {
         if !self.progress {
             return;
         }
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let mut state = self.lock();
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(b"\r\x1b[2K");
         if let Some(l) = &line {
             let _ = err.write_all(l.as_bytes());
         }
         let _ = err.flush();
-        *status = line;
+        state.status = line;
     }
 }
 

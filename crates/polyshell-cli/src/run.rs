@@ -85,6 +85,7 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
                 } else {
                     terminal.set_status(Some(reporter.status()));
                 }
+                terminal.flush();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         })
@@ -133,6 +134,7 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
             b"polyshell: the run was stopped by Ctrl-C before it finished\n",
         );
     }
+    terminal.flush();
     if code != exit::SUCCESS {
         return code;
     }

@@ -497,6 +497,7 @@ fn binary_long_and_unterminated_output_is_intact_in_json() {
 
 #[test]
 #[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+/// A gigabyte of binary zeros: one enormous line without a newline, streamed in pieces.
 fn a_gigabyte_through_the_cli_in_bounded_memory() {
     let fleet = Fleet::load();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_polyshell"))

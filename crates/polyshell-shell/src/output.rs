@@ -167,17 +167,30 @@ impl StreamCollector {
             if self.partial.is_empty() {
                 self.emit(sink, issuer, line, true);
             } else {
-                self.partial.extend_from_slice(line);
-                let whole = std::mem::take(&mut self.partial);
+                let mut whole = std::mem::take(&mut self.partial);
+                whole.extend_from_slice(line);
                 self.emit(sink, issuer, &whole, true);
+                whole.clear();
+                self.partial = whole; // keep the allocation
             }
             rest = &rest[i + 1..];
         }
-        self.partial.extend_from_slice(rest);
-        while self.partial.len() >= MAX_LINE {
-            let piece: Vec<u8> = self.partial.drain(..MAX_LINE).collect();
+        // No newline left: a line longer than MAX_LINE goes out in pieces, straight from
+        // the chunk where it can.
+        if self.partial.len() + rest.len() >= MAX_LINE {
+            let need = MAX_LINE - self.partial.len();
+            let mut piece = std::mem::take(&mut self.partial);
+            piece.extend_from_slice(&rest[..need]);
             self.emit(sink, issuer, &piece, false);
+            piece.clear();
+            self.partial = piece;
+            rest = &rest[need..];
+            while rest.len() >= MAX_LINE {
+                self.emit(sink, issuer, &rest[..MAX_LINE], false);
+                rest = &rest[MAX_LINE..];
+            }
         }
+        self.partial.extend_from_slice(rest);
     }
 
     fn emit(&self, sink: &Arc<dyn OutputSink>, issuer: &str, bytes: &[u8], newline: bool) {
