@@ -160,7 +160,11 @@ pub fn main() -> u8 {
             return exit::SITE_FAILED;
         }
     };
-    match runtime.block_on(dispatch(cli)) {
+    let result = runtime.block_on(dispatch(cli));
+    // A prompt abandoned on Ctrl-C leaves a thread blocked reading the terminal: do not wait
+    // for it (dropping the runtime would).
+    runtime.shutdown_timeout(Duration::from_millis(200));
+    match result {
         Ok(status) => status,
         Err(err) => {
             eprintln!("polyshell: {}", err.message);

@@ -287,8 +287,21 @@ impl EventSink for Reporter {
                     bytes.push(b'\n');
                     self.console.write(target, &bytes);
                 }
-                Event::Report { site, message, .. } | Event::Debug { site, message, .. } => {
-                    let text = format!("{}{message}\n", self.prefix(site, ":"));
+                Event::Report {
+                    action,
+                    site,
+                    message,
+                }
+                | Event::Debug {
+                    action,
+                    site,
+                    message,
+                } => {
+                    // The original's log view: `[BATCH-N-M] site : starting job: deploy`.
+                    let text = format!(
+                        "{} {site} : {message}\n",
+                        self.paint("2", &format!("[{action}]"))
+                    );
                     self.console.write(ConsoleStream::Stdout, text.as_bytes());
                 }
                 _ => {}

@@ -100,3 +100,36 @@ fn ask_sudo_pass_prompts_silently() {
     }
     assert!(text.contains("5 sites: 5 ok"), "{text}");
 }
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn ctrl_c_at_the_prompt_aborts_the_run_cleanly() {
+    let fleet = Fleet::load();
+    let marker = "/tmp/polyshell-never-ran";
+    let _ = std::fs::remove_file(marker);
+    let mut s = session(
+        &fleet,
+        &[
+            "-K",
+            "-H",
+            "site256",
+            "run",
+            "--sudo",
+            "--",
+            &format!("touch {marker}"),
+        ],
+    );
+    s.expect("sudo password for agent `default`")
+        .expect("the prompt");
+    s.send([0x03u8]).unwrap(); // Ctrl-C
+    let rest = s.expect(Eof).expect("polyshell ends");
+    let text = strip_ansi(&[rest.before(), rest.as_bytes()].concat());
+    assert!(
+        text.contains("prompt of agent `default` was aborted"),
+        "{text}"
+    );
+    assert!(
+        !std::path::Path::new(marker).exists(),
+        "nothing may run after an aborted prompt"
+    );
+}

@@ -26,6 +26,12 @@ impl From<ShellError> for ActionError {
     }
 }
 
+impl From<polyshell_sites::ConfigError> for ActionError {
+    fn from(e: polyshell_sites::ConfigError) -> ActionError {
+        ActionError(e.to_string())
+    }
+}
+
 impl From<String> for ActionError {
     fn from(s: String) -> ActionError {
         ActionError(s)

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// Makes the shell of a site. The batch asks once per site and reuses the shell (and so its
 /// connection) for every action of every schedule in the batch.
@@ -165,16 +166,20 @@ impl Batch {
             }),
         });
         let lanes = lanes(schedule.mode, units);
+        let span = tracing::info_span!("schedule", id = %id, name = %schedule.name, mode = schedule.mode.as_str());
         let mut tasks = tokio::task::JoinSet::new();
         let ctx = self.engine.clone();
         for lane in lanes {
             let run = run.clone();
             let ctx = ctx.clone();
-            tasks.spawn(async move {
-                for unit in lane {
-                    ctx.run_unit(&run, unit).await;
+            tasks.spawn(
+                async move {
+                    for unit in lane {
+                        ctx.run_unit(&run, unit).await;
+                    }
                 }
-            });
+                .instrument(span.clone()),
+            );
         }
         while tasks.join_next().await.is_some() {}
         let mut outcomes =
@@ -489,7 +494,7 @@ impl Engine {
                 events.event(Event::Report {
                     action: id.clone(),
                     site: unit.site.clone(),
-                    message: format!("{issuer} : starting job: {}", unit.job.name),
+                    message: format!("starting job: {}", unit.job.name),
                 });
             }
             let shell = match &shell {
@@ -522,10 +527,16 @@ impl Engine {
             };
             let action = unit.job.actions[a].clone();
             let lock_ctx = &lock_ctx;
-            running.push(async move {
-                let status = run_action(action, ctx, lock_ctx).await;
-                (a, id, status, started)
-            });
+            let span =
+                tracing::info_span!("action", id = %id, site = %unit.site, job = %unit.job.name);
+            running.push(
+                async move {
+                    let status = run_action(action, ctx, lock_ctx).await;
+                    tracing::debug!(?status, "action finished");
+                    (a, id, status, started)
+                }
+                .instrument(span),
+            );
         }
         let finished = tokio::select! {
             done = futures::future::join_all(running) => done,

@@ -7,11 +7,14 @@ use crate::error::ErrorKind;
 use crate::process::ProcEvent;
 use base64::Engine;
 use ssh2::{CheckResult, HashType, KnownHostFileKind, MethodType, Session};
+use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
+use std::sync::{Mutex, OnceLock};
+use std::time::SystemTime;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -112,7 +115,8 @@ async fn establish(
     // of the pair drops the AsyncFd first (tuple order, field order in Driver).
     let fd = unsafe { AsyncFd::register(SocketFd(raw_fd)) }.map_err(std::io::Error::from)?;
 
-    let known_types = known_key_types(target);
+    let known_lines = candidate_lines(target);
+    let known_types = known_key_types(&known_lines, target);
     if !known_types.is_empty() {
         // libssh2 compares against keys of any type: offer only the types we know for this
         // host, or a host recorded with ed25519 "mismatches" when RSA is negotiated.
@@ -125,7 +129,7 @@ async fn establish(
             addr: addr.clone(),
             reason: e.message().to_owned(),
         })?;
-    verify_host_key(&session, target)?;
+    verify_host_key(&session, target, &known_lines)?;
     authenticate(&session, &fd, target).await?;
     tracing::debug!(host = %target.alias, addr = %addr, user = %target.user, "connected");
     Ok((fd, session))
@@ -192,32 +196,78 @@ fn bridge(bastion: &Connection, host: &str, port: u16, sock: tokio::net::UnixStr
     });
 }
 
-/// Key types recorded for this host in its known_hosts files (plain entries only).
-fn known_key_types(target: &Target) -> Vec<String> {
-    let wanted = if target.port == 22 {
-        target.hostname.clone()
-    } else {
-        format!("[{}]:{}", target.hostname, target.port)
-    };
-    let mut types = Vec::new();
+/// The known_hosts lines that may concern this host: plain entries naming it, and every
+/// hashed or wildcard entry (only libssh2 can tell whether those match). Files are read once
+/// per run (cached by path and modification time), not once per site.
+fn candidate_lines(target: &Target) -> Vec<Arc<str>> {
+    type Cache = HashMap<PathBuf, (Option<SystemTime>, Arc<Vec<Arc<str>>>)>;
+    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
+    let wanted = host_label(target);
+    let mut out = Vec::new();
     for file in &target.known_hosts {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
+        let modified = std::fs::metadata(file).and_then(|m| m.modified()).ok();
+        let cache = CACHE.get_or_init(Default::default);
+        let cached = cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(file)
+            .filter(|(when, _)| *when == modified)
+            .map(|(_, lines)| lines.clone());
+        let lines = match cached {
+            Some(lines) => lines,
+            None => {
+                let Ok(text) = std::fs::read_to_string(file) else {
+                    continue;
+                };
+                let lines: Arc<Vec<Arc<str>>> = Arc::new(text.lines().map(Arc::from).collect());
+                cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(file.clone(), (modified, lines.clone()));
+                lines
+            }
         };
-        for line in text.lines() {
-            let mut fields = line.split_whitespace();
-            let Some(hosts) = fields.next() else { continue };
+        for line in lines.iter() {
+            let Some(hosts) = line.split_whitespace().next() else {
+                continue;
+            };
             if hosts.starts_with('#') || hosts.starts_with('@') {
                 continue;
             }
-            if hosts.split(',').any(|h| h == wanted) {
-                if let Some(kind) = fields.next() {
-                    match kind {
-                        "ssh-rsa" => types
-                            .extend(["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"].map(String::from)),
-                        other => types.push(other.to_owned()),
-                    }
+            if hosts.starts_with("|1|")
+                || hosts.contains(['*', '?'])
+                || hosts.split(',').any(|h| h == wanted)
+            {
+                out.push(line.clone());
+            }
+        }
+    }
+    out
+}
+
+/// `host` on port 22, `[host]:port` otherwise, as known_hosts writes it.
+fn host_label(target: &Target) -> String {
+    if target.port == 22 {
+        target.hostname.clone()
+    } else {
+        format!("[{}]:{}", target.hostname, target.port)
+    }
+}
+
+/// Key types recorded for this host (plain entries only).
+fn known_key_types(lines: &[Arc<str>], target: &Target) -> Vec<String> {
+    let wanted = host_label(target);
+    let mut types = Vec::new();
+    for line in lines {
+        let mut fields = line.split_whitespace();
+        let Some(hosts) = fields.next() else { continue };
+        if hosts.split(',').any(|h| h == wanted) {
+            match fields.next() {
+                Some("ssh-rsa") => {
+                    types.extend(["rsa-sha2-512", "rsa-sha2-256", "ssh-rsa"].map(String::from))
                 }
+                Some(other) => types.push(other.to_owned()),
+                None => {}
             }
         }
     }
@@ -235,18 +285,18 @@ fn fingerprint(session: &Session) -> String {
     }
 }
 
-fn verify_host_key(session: &Session, target: &Target) -> Result<(), ErrorKind> {
+fn verify_host_key(
+    session: &Session,
+    target: &Target,
+    lines: &[Arc<str>],
+) -> Result<(), ErrorKind> {
     let files = target
         .known_hosts
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");
-    let host_label = if target.port == 22 {
-        target.hostname.clone()
-    } else {
-        format!("[{}]:{}", target.hostname, target.port)
-    };
+    let host_label = host_label(target);
     if target.policy == HostKeyPolicy::Off {
         tracing::warn!(
             host = %host_label,
@@ -263,10 +313,8 @@ fn verify_host_key(session: &Session, target: &Target) -> Result<(), ErrorKind> 
         addr: target.addr(),
         reason: e.to_string(),
     })?;
-    for file in &target.known_hosts {
-        if file.exists() {
-            let _ = known.read_file(file, KnownHostFileKind::OpenSSH);
-        }
+    for line in lines {
+        let _ = known.read_str(line, KnownHostFileKind::OpenSSH);
     }
     match known.check_port(&target.hostname, target.port, key) {
         CheckResult::Match => Ok(()),

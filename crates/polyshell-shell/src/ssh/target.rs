@@ -2,8 +2,11 @@
 
 use crate::error::ErrorKind;
 use ssh2_config::{ParseRule, SshConfig};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use std::time::SystemTime;
 
 /// Host key checking, as OpenSSH's `StrictHostKeyChecking`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -104,15 +107,34 @@ fn local_user() -> String {
         .unwrap_or_else(|_| "root".into())
 }
 
-fn read_config(path: &Path) -> Result<SshConfig, ErrorKind> {
+/// Parsed ssh_config files, by path and modification time: a run resolves every site
+/// through the same file, which is parsed once, not once per site.
+type ConfigCache = HashMap<PathBuf, (Option<SystemTime>, Arc<SshConfig>)>;
+
+fn read_config(path: &Path) -> Result<Arc<SshConfig>, ErrorKind> {
+    static CACHE: OnceLock<Mutex<ConfigCache>> = OnceLock::new();
+    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some((when, config)) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+        if *when == modified {
+            return Ok(config.clone());
+        }
+    }
     let file = std::fs::File::open(path)
         .map_err(|e| ErrorKind::Config(format!("{}: {e}", path.display())))?;
-    SshConfig::default()
-        .parse(
-            &mut std::io::BufReader::new(file),
-            ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
-        )
-        .map_err(|e| ErrorKind::Config(format!("{}: {e}", path.display())))
+    let config = Arc::new(
+        SshConfig::default()
+            .parse(
+                &mut std::io::BufReader::new(file),
+                ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
+            )
+            .map_err(|e| ErrorKind::Config(format!("{}: {e}", path.display())))?,
+    );
+    cache
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(path.to_owned(), (modified, config.clone()));
+    Ok(config)
 }
 
 /// A `user@host:port` jump spec, or a plain alias.
