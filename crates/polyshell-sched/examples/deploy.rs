@@ -11,7 +11,10 @@ use polyshell_sites::{json, SiteStore};
 use std::sync::Arc;
 
 /// What the original stored in site configurations as `adminAlert`: a typed value, not data.
-struct AdminAlert(Box<dyn Fn(&str, &str) + Send + Sync>);
+struct AdminAlert(Box<Notify>);
+
+/// Sends (title, body) to someone.
+type Notify = dyn Fn(&str, &str) + Send + Sync;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
