@@ -386,6 +386,38 @@ fn bench(
         });
     }
 
+    // Dead sites: 10 of 100 accept TCP and never answer; the run must end at the connect
+    // timeout, not hang.
+    let dead_listeners: Vec<std::net::TcpListener> = (0..10)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+        .collect::<std::io::Result<_>>()?;
+    let live = n.min(100).saturating_sub(10).max(1);
+    let mut dead_pf = format!("[sites.\"site[001-{live:03}]\"]\nhost = \"{{name}}\"\n");
+    for (i, l) in dead_listeners.iter().enumerate() {
+        writeln!(dead_pf, "[sites.dead{i}]\nhost = \"127.0.0.1\"\nport = {}", l.local_addr()?.port())?;
+    }
+    let dead_file = fleet.dir.join("bench-dead.toml");
+    std::fs::write(&dead_file, dead_pf)?;
+    let dead_tool = Tool {
+        name: "polyshell, --connect-timeout 5".into(),
+        argv: [polyshell, "--ssh-config", &cfg, "--output", "quiet", "--connect-timeout", "5", "-f", &dead_file.display().to_string(), "run", "--on", "all", "--", "true"]
+            .map(String::from)
+            .to_vec(),
+        env: vec![],
+    };
+    let mut dead_samples = Vec::new();
+    for _ in 0..opts.runs {
+        let mut sample = measure(&dead_tool, fleet)?;
+        sample.ok = !sample.ok; // the dead sites must fail the run (exit 1)
+        dead_samples.push(sample);
+    }
+    rows.push(Row {
+        scenario: format!("{live} live + 10 silent sites"),
+        tool: dead_tool.name.clone(),
+        samples: dead_samples,
+    });
+    drop(dead_listeners);
+
     // SFTP: one file up and down, vs scp.
     let size_mb = if opts.smoke { 5 } else { 200 };
     let file = fleet.dir.join("bench.bin");
