@@ -290,21 +290,8 @@ fn bench(
             fanout_tools(fleet, polyshell, n, "echo hi", peers),
         ),
     ];
-    // Interleaved: every tool once per round, rounds repeated.
     for (scenario, tools) in &scenarios {
-        let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
-        for _ in 0..opts.runs {
-            for (i, tool) in tools.iter().enumerate() {
-                samples[i].push(measure(tool, fleet)?);
-            }
-        }
-        for (tool, s) in tools.iter().zip(samples) {
-            rows.push(Row {
-                scenario: scenario.clone(),
-                tool: tool.name.clone(),
-                samples: s,
-            });
-        }
+        rows.extend(interleaved(scenario, tools, opts.runs, fleet)?);
     }
 
     // A 4-job batch on up to 100 sites vs one job, and vs 4 invocations of a peer.
@@ -372,19 +359,7 @@ fn bench(
     let mut tools = batch_tools;
     tools.append(&mut peer_four);
     let scenario = format!("batch of 4 jobs, {batch_sites} sites");
-    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
-    for _ in 0..opts.runs {
-        for (i, tool) in tools.iter().enumerate() {
-            samples[i].push(measure(tool, fleet)?);
-        }
-    }
-    for (tool, s) in tools.iter().zip(samples) {
-        rows.push(Row {
-            scenario: scenario.clone(),
-            tool: tool.name.clone(),
-            samples: s,
-        });
-    }
+    rows.extend(interleaved(&scenario, &tools, opts.runs, fleet)?);
 
     // Dead sites: 10 of 100 accept TCP and never answer; the run must end at the connect
     // timeout, not hang.
@@ -394,15 +369,34 @@ fn bench(
     let live = n.min(100).saturating_sub(10).max(1);
     let mut dead_pf = format!("[sites.\"site[001-{live:03}]\"]\nhost = \"{{name}}\"\n");
     for (i, l) in dead_listeners.iter().enumerate() {
-        writeln!(dead_pf, "[sites.dead{i}]\nhost = \"127.0.0.1\"\nport = {}", l.local_addr()?.port())?;
+        writeln!(
+            dead_pf,
+            "[sites.dead{i}]\nhost = \"127.0.0.1\"\nport = {}",
+            l.local_addr()?.port()
+        )?;
     }
     let dead_file = fleet.dir.join("bench-dead.toml");
     std::fs::write(&dead_file, dead_pf)?;
     let dead_tool = Tool {
         name: "polyshell, --connect-timeout 5".into(),
-        argv: [polyshell, "--ssh-config", &cfg, "--output", "quiet", "--connect-timeout", "5", "-f", &dead_file.display().to_string(), "run", "--on", "all", "--", "true"]
-            .map(String::from)
-            .to_vec(),
+        argv: [
+            polyshell,
+            "--ssh-config",
+            &cfg,
+            "--output",
+            "quiet",
+            "--connect-timeout",
+            "5",
+            "-f",
+            &dead_file.display().to_string(),
+            "run",
+            "--on",
+            "all",
+            "--",
+            "true",
+        ]
+        .map(String::from)
+        .to_vec(),
         env: vec![],
     };
     let mut dead_samples = Vec::new();
@@ -468,6 +462,25 @@ fn bench(
         scheduler_overhead(root)
     };
     report(opts, &rows, &sftp_lines, size_mb, scheduler, root)
+}
+
+/// Runs every tool once per round, `runs` rounds: no tool always goes first or last.
+fn interleaved(scenario: &str, tools: &[Tool], runs: usize, fleet: &Fleet) -> Result<Vec<Row>> {
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(); tools.len()];
+    for _ in 0..runs {
+        for (i, tool) in tools.iter().enumerate() {
+            samples[i].push(measure(tool, fleet)?);
+        }
+    }
+    Ok(tools
+        .iter()
+        .zip(samples)
+        .map(|(tool, samples)| Row {
+            scenario: scenario.to_owned(),
+            tool: tool.name.clone(),
+            samples,
+        })
+        .collect())
 }
 
 fn shell_join(argv: &[String]) -> String {

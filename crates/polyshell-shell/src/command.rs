@@ -111,6 +111,21 @@ impl Command {
     }
 }
 
+/// Finds the pid line (`MARKER<pid>\n`, printed by [`Command::remote_script`]) in the head
+/// of a command's output. `None` while the line is not complete yet; then the pid (if it
+/// parsed) and the bytes around the line, which are the command's own output.
+pub(crate) fn take_pid_line(head: &[u8], marker: &str) -> Option<(Option<u32>, Vec<u8>)> {
+    let marker = marker.as_bytes();
+    let at = memchr::memmem::find(head, marker)?;
+    let end = at + memchr::memchr(b'\n', &head[at..])?;
+    let pid = std::str::from_utf8(&head[at + marker.len()..end])
+        .ok()
+        .and_then(|d| d.trim().parse().ok());
+    let mut rest = head[..at].to_vec();
+    rest.extend_from_slice(&head[end + 1..]);
+    Some((pid, rest))
+}
+
 /// Quotes `s` as one word of data for a POSIX shell.
 pub fn quote(s: &str) -> String {
     shlex::try_quote(s)
@@ -162,6 +177,16 @@ impl<S: AsRef<str>> From<Vec<S>> for Command {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pid_line_is_found_and_cut_out() {
+        assert_eq!(take_pid_line(b"[m]12", "[m]"), None, "not a whole line yet");
+        assert_eq!(
+            take_pid_line(b"before\n[m]4242\nafter", "[m]"),
+            Some((Some(4242), b"before\nafter".to_vec()))
+        );
+        assert_eq!(take_pid_line(b"[m]x\n", "[m]"), Some((None, Vec::new())));
+    }
 
     #[test]
     fn remote_script_quotes_values_as_data() {

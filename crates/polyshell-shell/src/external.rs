@@ -123,18 +123,11 @@ impl Process for ExternalProcess {
                 ProcEvent::Output(Stream::Stderr, chunk) if self.head.is_some() => {
                     let head = self.head.as_mut().expect("checked");
                     head.extend_from_slice(&chunk);
-                    let marker = self.marker.as_bytes();
-                    if let Some(at) = memchr::memmem::find(head, marker) {
-                        if let Some(end) = memchr::memchr(b'\n', &head[at..]).map(|e| at + e) {
-                            self.remote_pgid = std::str::from_utf8(&head[at + marker.len()..end])
-                                .ok()
-                                .and_then(|d| d.trim().parse().ok());
-                            let mut rest = head[..at].to_vec();
-                            rest.extend_from_slice(&head[end + 1..]);
-                            self.head = None;
-                            if !rest.is_empty() {
-                                return ProcEvent::Output(Stream::Stderr, rest);
-                            }
+                    if let Some((pid, rest)) = crate::command::take_pid_line(head, &self.marker) {
+                        self.remote_pgid = pid;
+                        self.head = None;
+                        if !rest.is_empty() {
+                            return ProcEvent::Output(Stream::Stderr, rest);
                         }
                     } else if head.len() > 4096 {
                         let held = self.head.take().unwrap_or_default();

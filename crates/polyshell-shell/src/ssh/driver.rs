@@ -654,19 +654,11 @@ impl Op {
             return;
         };
         head.extend_from_slice(chunk);
-        let marker = marker.as_bytes();
-        if let Some(at) = memchr::memmem::find(head, marker) {
-            if let Some(end) = memchr::memchr(b'\n', &head[at..]).map(|e| at + e) {
-                let digits = &head[at + marker.len()..end];
-                self.pid = std::str::from_utf8(digits)
-                    .ok()
-                    .and_then(|d| d.trim().parse().ok());
-                let mut rest = head[..at].to_vec();
-                rest.extend_from_slice(&head[end + 1..]);
-                self.head = None;
-                if !rest.is_empty() {
-                    self.deliver(ProcEvent::Output(stream, rest));
-                }
+        if let Some((pid, rest)) = crate::command::take_pid_line(head, marker) {
+            self.pid = pid;
+            self.head = None;
+            if !rest.is_empty() {
+                self.deliver(ProcEvent::Output(stream, rest));
             }
         } else if head.len() > 4096 {
             self.flush_head(if stream == Stream::Stdout { 0 } else { 1 });
