@@ -20,7 +20,7 @@ use polyshell_shell::{Line, OutputSink, Shell};
 use polyshell_sites::{Site, SiteStore};
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
@@ -152,7 +152,7 @@ impl Batch {
             start: Instant::now(),
             action_seq: AtomicUsize::new(0),
             failed_sites: Mutex::new(HashSet::new()),
-            broken: AtomicBool::new(false),
+            broken_at: AtomicUsize::new(usize::MAX),
             fanout: schedule
                 .fanout
                 .map(|n| Arc::new(tokio::sync::Semaphore::new(n))),
@@ -296,7 +296,8 @@ struct Run {
     start: Instant,
     action_seq: AtomicUsize,
     failed_sites: Mutex<HashSet<String>>,
-    broken: AtomicBool,
+    /// The earliest job invocation with a failure (`usize::MAX`: none yet).
+    broken_at: AtomicUsize,
     fanout: Option<Arc<tokio::sync::Semaphore>>,
     outcomes: Mutex<Vec<ActionOutcome>>,
     phases: Option<Arc<PhaseGate>>,
@@ -367,16 +368,20 @@ impl Engine {
             .clone())
     }
 
-    fn skip_reason(&self, run: &Run, site: &str) -> Option<SkipReason> {
+    fn skip_reason(&self, run: &Run, unit: &Unit) -> Option<SkipReason> {
         if self.stop.is_cancelled() {
             return Some(SkipReason::Stopped);
         }
         let schedule = &run.schedule;
         let failed = run.failed_sites.lock().unwrap_or_else(|p| p.into_inner());
         if schedule.break_on_error {
+            let broken_at = run.broken_at.load(Ordering::Acquire);
             let broken = match schedule.mode {
-                Mode::SiteSequential => failed.contains(site),
-                Mode::Sequential | Mode::Atomic => run.broken.load(Ordering::Acquire),
+                Mode::SiteSequential => failed.contains(&unit.site),
+                // No further job starts; the failed job's other sites finish it.
+                Mode::Sequential => broken_at < unit.invocation,
+                // A strict rolling order: nothing starts after a failure.
+                Mode::Atomic => broken_at != usize::MAX,
                 Mode::Parallel => false,
             };
             if broken {
@@ -423,7 +428,7 @@ impl Engine {
             Some(gate) => Some(gate.enter(unit.invocation).await),
             None => None,
         };
-        if let Some(reason) = self.skip_reason(run, &unit.site) {
+        if let Some(reason) = self.skip_reason(run, &unit) {
             let at = run.start.elapsed();
             for &a in &unit.actions {
                 self.record(run, &unit, a, None, Status::Skipped(reason.clone()), at);
@@ -546,7 +551,7 @@ impl Engine {
                 for &a in &unit.actions {
                     self.record(run, &unit, a, Some(format!("{}-cancelled", run.id)), Status::Failed("cancelled".into()), at);
                 }
-                self.fail_site(run, &unit.site);
+                self.fail_site(run, &unit);
                 return;
             }
         };
@@ -567,7 +572,7 @@ impl Engine {
         events: &Arc<dyn EventSink>,
     ) {
         if status.is_failed() {
-            self.fail_site(run, &unit.site);
+            self.fail_site(run, &unit);
         }
         events.event(Event::ActionFinished {
             action: id.clone(),
@@ -579,14 +584,12 @@ impl Engine {
         self.record(run, unit, a, Some(id), status, started);
     }
 
-    fn fail_site(&self, run: &Run, site: &str) {
+    fn fail_site(&self, run: &Run, unit: &Unit) {
         run.failed_sites
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(site.to_owned());
-        if run.schedule.break_on_error {
-            run.broken.store(true, Ordering::Release);
-        }
+            .insert(unit.site.clone());
+        run.broken_at.fetch_min(unit.invocation, Ordering::AcqRel);
     }
 }
 

@@ -196,7 +196,7 @@ fn check_complete(plan: &Plan, result: &ScheduleResult) -> Result<(), TestCaseEr
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     #[test]
     fn site_sequential_keeps_each_sites_order(plan in plan(false)) {
