@@ -572,7 +572,7 @@ impl Engine {
         events: &Arc<dyn EventSink>,
     ) {
         if status.is_failed() {
-            self.fail_site(run, &unit);
+            self.fail_site(run, unit);
         }
         events.event(Event::ActionFinished {
             action: id.clone(),
