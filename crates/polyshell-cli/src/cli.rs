@@ -437,29 +437,7 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
                     pf.schedules.keys().cloned().collect::<Vec<_>>().join(", ")
                 ))
             })?;
-            let chain = chain
-                .iter()
-                .map(|s| {
-                    let mut schedule = Schedule::new(&s.jobs)
-                        .mode(s.mode)
-                        .roles(&s.roles)
-                        .name(&s.name)
-                        .desc(&s.desc)
-                        .break_on_error(s.break_on_error)
-                        .allow_missing_job(s.allow_missing_job)
-                        .log(s.log)
-                        .report(s.report)
-                        .debug(s.debug)
-                        .quiet(s.quiet);
-                    if let Some(n) = s.fanout {
-                        schedule = schedule.fanout(n);
-                    }
-                    if let Some(n) = s.max_failures {
-                        schedule = schedule.max_failures(n);
-                    }
-                    tune(&cli, schedule)
-                })
-                .collect();
+            let chain = chain.iter().map(|s| tune(&cli, s.clone())).collect();
             run_polyfile(&cli, pf, chain).await
         }
     }

@@ -3,7 +3,7 @@
 //! together, and nothing runs while there is one.
 
 use crate::subst;
-use polyshell_sched::Mode;
+use polyshell_sched::{Mode, Schedule};
 use polyshell_sites::diag::{Diagnostic, Source};
 use polyshell_sites::{inventory, SiteStore};
 use std::collections::BTreeMap;
@@ -15,7 +15,8 @@ use toml_edit::{ImDocument, Item, Table, Value};
 pub struct Polyfile {
     pub sites: SiteStore,
     pub jobs: BTreeMap<String, JobSpec>,
-    pub schedules: BTreeMap<String, Vec<ScheduleSpec>>,
+    /// Each schedule's chain, ready to run (the CLI adds its global options).
+    pub schedules: BTreeMap<String, Vec<Schedule>>,
 }
 
 #[derive(Debug, Clone)]
@@ -46,23 +47,6 @@ pub enum StepKind {
     Local(String),
     Upload { from: String, to: String },
     Download { from: String, to: String },
-}
-
-#[derive(Debug, Clone)]
-pub struct ScheduleSpec {
-    pub jobs: Vec<String>,
-    pub mode: Mode,
-    pub roles: Vec<String>,
-    pub name: String,
-    pub desc: String,
-    pub break_on_error: bool,
-    pub allow_missing_job: bool,
-    pub fanout: Option<usize>,
-    pub max_failures: Option<usize>,
-    pub log: bool,
-    pub report: bool,
-    pub debug: bool,
-    pub quiet: bool,
 }
 
 const TOP_KEYS: &[&str] = &["sites", "roles", "jobs", "schedules"];
@@ -463,7 +447,7 @@ fn schedule(
     name: &str,
     item: &Item,
     span: Option<Range<usize>>,
-) -> Option<Vec<ScheduleSpec>> {
+) -> Option<Vec<Schedule>> {
     let Some(table) = item.as_table() else {
         c.error(
             item.span().or(span),
@@ -519,22 +503,8 @@ fn schedule_entry(
     pairs: &[(&str, Item)],
     spans: &[Option<Range<usize>>],
     at: Option<Range<usize>>,
-) -> ScheduleSpec {
-    let mut s = ScheduleSpec {
-        jobs: Vec::new(),
-        mode: Mode::SiteSequential,
-        roles: Vec::new(),
-        name: name.to_owned(),
-        desc: String::new(),
-        break_on_error: false,
-        allow_missing_job: false,
-        fanout: None,
-        max_failures: None,
-        log: false,
-        report: true,
-        debug: false,
-        quiet: false,
-    };
+) -> Schedule {
+    let mut s = Schedule::new(()).name(name);
     let mut jobs_span = at.clone();
     for ((key, item), span) in pairs.iter().zip(spans) {
         let span = item.span().or(span.clone());
