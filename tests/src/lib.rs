@@ -42,6 +42,11 @@ pub struct Fleet {
     pub proxied: FleetSite,
     /// The sshd processes `fleet up` started.
     pub processes: Vec<FleetProcess>,
+    /// The fleet's reaper: the parent of every sshd, and a child subreaper, so that the
+    /// session processes sshd orphans are reaped (and their CPU time counted) there rather
+    /// than by pid 1. `None` for a fleet file written before there was one.
+    #[serde(default)]
+    pub reaper: Option<u32>,
 }
 
 /// One site of the fleet.

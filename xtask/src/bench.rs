@@ -39,24 +39,30 @@ fn clock_ticks() -> f64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
 }
 
-/// CPU seconds the fleet's sshd processes and their reaped children have used.
+/// CPU seconds the fleet's sshd processes and their reaped children have used, including the
+/// session processes OpenSSH leaves to the fleet's reaper.
 fn server_cpu(fleet: &Fleet) -> f64 {
-    let ticks: u64 = fleet
+    // utime, stime, cutime, cstime are fields 14-17 of stat: 11-14 after the state.
+    let stat_ticks = |pid: u32, fields: std::ops::Range<usize>| -> u64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return 0;
+        };
+        let Some(close) = stat.rfind(')') else {
+            return 0;
+        };
+        let rest: Vec<&str> = stat[close + 2..].split(' ').collect();
+        fields
+            .filter_map(|i| rest.get(i)?.parse::<u64>().ok())
+            .sum()
+    };
+    let listeners: u64 = fleet
         .processes
         .iter()
-        .filter_map(|p| std::fs::read_to_string(format!("/proc/{}/stat", p.pid)).ok())
-        .filter_map(|stat| {
-            let rest = &stat[stat.rfind(')')? + 2..];
-            let fields: Vec<&str> = rest.split(' ').collect();
-            // utime, stime, cutime, cstime are fields 14-17 of stat; 12-15 after the state.
-            Some(
-                (11..15)
-                    .filter_map(|i| fields.get(i)?.parse::<u64>().ok())
-                    .sum::<u64>(),
-            )
-        })
+        .map(|p| stat_ticks(p.pid, 11..15))
         .sum();
-    ticks as f64 / clock_ticks()
+    // The reaper's own time is nothing; its children's is the orphaned sessions'.
+    let orphans = fleet.reaper.map_or(0, |pid| stat_ticks(pid, 13..15));
+    (listeners + orphans) as f64 / clock_ticks()
 }
 
 /// Runs `tool` once, measuring wall time, its CPU (user+sys, children included), peak RSS,

@@ -98,7 +98,6 @@ fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str)
         process: groups + 1,
     };
 
-    let mut processes = Vec::new();
     let mut fleet = Fleet {
         dir: dir.to_path_buf(),
         user: USER.into(),
@@ -110,6 +109,7 @@ fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str)
         bastion,
         proxied,
         processes: Vec::new(),
+        reaper: None,
     };
     let mut plan: Vec<(Vec<&FleetSite>, &str)> = sites
         .chunks(PER_PROCESS)
@@ -117,6 +117,7 @@ fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str)
         .collect();
     plan.push((vec![&fleet.bastion], "DEBUG1"));
     plan.push((vec![&fleet.proxied], "VERBOSE"));
+    let mut configs = Vec::new();
     for (index, (group, log_level)) in plan.iter().enumerate() {
         let config = dir.join(format!("sshd-{index:03}.conf"));
         let log = dir.join(format!("sshd-{index:03}.log"));
@@ -130,12 +131,10 @@ fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str)
                 penalties,
             ),
         )?;
-        let pid = spawn_sshd(&config, &log)?;
-        processes.push(FleetProcess { pid, config, log });
-        // Record as we go, so that a failure part-way still lets `down` stop what started.
-        fleet.processes = processes.clone();
-        write_fleet(dir, &fleet)?;
+        check_sshd_config(&config)?;
+        configs.push((config, log));
     }
+    spawn_under_reaper(&mut fleet, configs)?;
     fleet.sites = std::mem::take(&mut sites);
     wait_listening(&fleet)?;
 
@@ -240,7 +239,7 @@ fn supports_per_source_penalties(dir: &Path, host_key: &Path) -> Result<bool> {
     Ok(ok)
 }
 
-fn spawn_sshd(config: &Path, log: &Path) -> Result<u32> {
+fn check_sshd_config(config: &Path) -> Result<()> {
     let check = Command::new(SSHD).args(["-t", "-f"]).arg(config).output()?;
     if !check.status.success() {
         bail!(
@@ -249,14 +248,23 @@ fn spawn_sshd(config: &Path, log: &Path) -> Result<u32> {
             String::from_utf8_lossy(&check.stderr).trim()
         );
     }
-    let mut cmd = Command::new(SSHD);
-    cmd.args(["-D", "-f"])
-        .arg(config)
-        .arg("-E")
-        .arg(log)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    Ok(())
+}
+
+/// Starts the fleet's reaper (this binary, `xtask fleet-reaper CONFIG LOG ...`), which starts
+/// one sshd per config and reports their pids; records the reaper and the sshd processes in
+/// the fleet file. The reaper is what makes the fleet's CPU time countable: OpenSSH's
+/// per-connection monitor exits before its session child, which would otherwise be reaped by
+/// pid 1, its CPU time lost to any measurement of the fleet.
+fn spawn_under_reaper(fleet: &mut Fleet, configs: Vec<(PathBuf, PathBuf)>) -> Result<()> {
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.arg("fleet-reaper");
+    for (config, log) in &configs {
+        cmd.arg(config).arg(log);
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
     // SAFETY: setsid is async-signal-safe; detaching keeps the fleet alive after xtask exits
     // and out of the terminal's process group (a Ctrl-C there must not kill it half-way).
     unsafe {
@@ -265,8 +273,72 @@ fn spawn_sshd(config: &Path, log: &Path) -> Result<u32> {
             Ok(())
         });
     }
-    let child = cmd.spawn().with_context(|| format!("starting {SSHD}"))?;
-    Ok(child.id())
+    let expected = configs.len();
+    let mut reaper = cmd.spawn().context("starting the fleet's reaper")?;
+    fleet.reaper = Some(reaper.id());
+    let stdout = reaper.stdout.take().expect("piped stdout");
+    for (line, (config, log)) in
+        std::io::BufRead::lines(std::io::BufReader::new(stdout)).zip(configs)
+    {
+        let pid = line?
+            .trim()
+            .parse()
+            .context("the fleet's reaper reported no sshd pid")?;
+        fleet.processes.push(FleetProcess { pid, config, log });
+        // Record as we go, so that a failure part-way still lets `down` stop what started.
+        write_fleet(&fleet.dir, fleet)?;
+    }
+    write_fleet(&fleet.dir, fleet)?;
+    if fleet.processes.len() != expected {
+        bail!(
+            "the fleet's reaper started {} of {expected} sshd processes",
+            fleet.processes.len()
+        );
+    }
+    Ok(())
+}
+
+/// The reaper's body (`xtask fleet-reaper CONFIG LOG ...`): become a child subreaper, start
+/// an sshd per config printing each pid, then reap every process that ends under the fleet
+/// until none is left (after `fleet down`).
+pub fn reaper(args: &[&str]) -> Result<()> {
+    // SAFETY: prctl(PR_SET_CHILD_SUBREAPER) takes plain integers.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        bail!(
+            "prctl(PR_SET_CHILD_SUBREAPER): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    {
+        let mut out = std::io::stdout().lock();
+        for pair in args.chunks(2) {
+            let [config, log] = pair else {
+                bail!("fleet-reaper: expected CONFIG LOG pairs");
+            };
+            let child = Command::new(SSHD)
+                .args(["-D", "-f", config, "-E", log])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {SSHD}"))?;
+            std::io::Write::write_fmt(&mut out, format_args!("{}\n", child.id()))?;
+            std::io::Write::flush(&mut out)?;
+        }
+    }
+    // Nothing more to report: the parent reads to end of file.
+    // SAFETY: closing our own stdout; nothing writes to it afterwards.
+    unsafe { libc::close(1) };
+    loop {
+        let mut status = 0;
+        // SAFETY: waitpid on any child, with a valid status pointer.
+        if unsafe { libc::waitpid(-1, &mut status, 0) } < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                Some(libc::EINTR) => continue,
+                _ => return Ok(()), // ECHILD: the fleet is gone
+            }
+        }
+    }
 }
 
 fn wait_listening(fleet: &Fleet) -> Result<()> {
@@ -327,6 +399,13 @@ pub fn down(dir: &Path) -> Result<()> {
         }
         victims.push(process.pid);
         descendants(&table, process.pid, &mut victims);
+    }
+    if let Some(reaper) = fleet.reaper {
+        if cmdline(reaper).contains("fleet-reaper") {
+            // Whatever it adopted goes too; it would exit by itself once the sshds are gone.
+            descendants(&table, reaper, &mut victims);
+            victims.push(reaper);
+        }
     }
     let uid = user_uid(USER);
     if let Some(uid) = uid {

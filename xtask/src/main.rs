@@ -101,6 +101,11 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        // Internal: the fleet's reaper, started by `fleet up` (see fleet.rs).
+        ["fleet-reaper", rest @ ..] => {
+            fleet::reaper(rest)?;
+            Ok(ExitCode::SUCCESS)
+        }
         ["fleet", "down"] => {
             fleet::down(&fleet::dir())?;
             Ok(ExitCode::SUCCESS)
