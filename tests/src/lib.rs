@@ -30,6 +30,10 @@ pub struct Fleet {
     pub password: String,
     /// Private ed25519 client key authorised for `user` on every site.
     pub identity: PathBuf,
+    /// A second authorised key, ECDSA: polyshell hands it to libssh2 rather than signing with
+    /// it in process (see `polyshell-shell`'s `ssh/keys.rs`).
+    #[serde(default)]
+    pub ecdsa_identity: PathBuf,
     /// known_hosts with the key of every site.
     pub known_hosts: PathBuf,
     /// ssh_config naming every site (`Host site001` ...), the bastion and the proxied site.

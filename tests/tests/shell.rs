@@ -8,6 +8,7 @@ use polyshell_shell::{
     Command, ErrorKind, ExitStatus, HostKeyPolicy, Line, OutputSink, Shell, Stream,
 };
 use polyshell_tests::Fleet;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -266,6 +267,91 @@ async fn host_keys_strict_accept_new_and_changed() {
         matches!(err.kind, ErrorKind::HostKeyChanged { .. }),
         "{err}"
     );
+}
+
+/// Options for `site` that offer `key` and nothing else (no ssh_config, so no fleet key).
+fn only_key(fleet: &Fleet, site: &str, key: &Path) -> polyshell_shell::SshOptions {
+    let site = fleet.site(site);
+    let mut opts = polyshell_shell::SshOptions::new(&site.addr);
+    opts.port = Some(site.port);
+    opts.user = Some(fleet.user.clone());
+    opts.identity = Some(key.to_owned());
+    opts.known_hosts = Some(fleet.known_hosts.clone());
+    opts.host_key_policy = Some(HostKeyPolicy::Strict);
+    opts.connect_timeout = Some(Duration::from_secs(20));
+    // An empty ssh_config: the operator's own (with its IdentityFile) must not join in.
+    let empty = fleet.dir.join("empty_ssh_config");
+    if !empty.exists() {
+        std::fs::write(&empty, "").unwrap();
+    }
+    opts.ssh_config = Some(empty);
+    opts
+}
+
+fn keygen(path: &Path, passphrase: &str) {
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The key's `SHA256:...` fingerprint, as sshd logs it.
+fn fingerprint(key: &Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace().nth(1).unwrap().to_owned()
+}
+
+#[tokio::test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+async fn keys_sign_in_process_or_through_libssh2_and_failures_name_the_key() {
+    let fleet = Fleet::load();
+    // ed25519 is signed in process; ECDSA goes through libssh2's own key file handling.
+    for (key, kind) in [
+        (&fleet.identity, "ED25519"),
+        (&fleet.ecdsa_identity, "ECDSA"),
+    ] {
+        let shell = Shell::with_ssh(only_key(&fleet, "site003", key));
+        let out = bounded("run with one key", 30, shell.run("echo ok"))
+            .await
+            .unwrap_or_else(|e| panic!("{kind} key {}: {e}", key.display()));
+        assert_eq!(out.stdout_text(), "ok\n");
+        let accepted = format!("ssh2: {kind} {}", fingerprint(key));
+        let log = std::fs::read_to_string(fleet.log_of(fleet.site("site003"))).unwrap();
+        assert!(
+            log.lines()
+                .any(|l| l.contains("Accepted publickey for") && l.ends_with(&accepted)),
+            "sshd did not log `{accepted}`"
+        );
+    }
+
+    // A key the site does not know, and an encrypted one (no passphrase can be given): both
+    // fail as an authentication error that names the key, without hanging.
+    let dir = tempfile::tempdir().unwrap();
+    let (stranger, locked) = (dir.path().join("stranger"), dir.path().join("locked"));
+    keygen(&stranger, "");
+    keygen(&locked, "a passphrase nobody types");
+    for key in [&stranger, &locked] {
+        let shell = Shell::with_ssh(only_key(&fleet, "site003", key));
+        let err = bounded("run with a refused key", 30, shell.run("true"))
+            .await
+            .unwrap_err();
+        match &err.kind {
+            ErrorKind::AuthFailed { tried, .. } => {
+                assert!(tried.contains(&key.display().to_string()), "{err}")
+            }
+            other => panic!(
+                "{}: expected an authentication error, got {other}",
+                key.display()
+            ),
+        }
+    }
 }
 
 #[tokio::test]

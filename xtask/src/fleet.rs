@@ -58,10 +58,12 @@ pub fn up(dir: &Path, n: usize) -> Result<Fleet> {
 
     let host_key = dir.join("host_ed25519");
     let identity = dir.join("id_ed25519");
-    keygen(&host_key, "polyshell-fleet-host")?;
-    keygen(&identity, "polyshell-fleet-client")?;
+    let ecdsa_identity = dir.join("id_ecdsa");
+    keygen(&host_key, "ed25519", "polyshell-fleet-host")?;
+    keygen(&identity, "ed25519", "polyshell-fleet-client")?;
+    keygen(&ecdsa_identity, "ecdsa", "polyshell-fleet-client-ecdsa")?;
     let password = random_hex(12)?;
-    setup_user(&identity, &password)?;
+    setup_user(&[&identity, &ecdsa_identity], &password)?;
     setup_sudo()?;
 
     let result = start(dir, n, &host_key, &identity, &password);
@@ -103,6 +105,7 @@ fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str)
         user: USER.into(),
         password: password.into(),
         identity: identity.to_path_buf(),
+        ecdsa_identity: dir.join("id_ecdsa"),
         known_hosts: dir.join("known_hosts"),
         ssh_config: dir.join("ssh_config"),
         sites: Vec::new(),
@@ -470,9 +473,9 @@ pub fn status(dir: &Path) -> Result<bool> {
     Ok(running == fleet.processes.len() && listening == sites.len())
 }
 
-fn keygen(path: &Path, comment: &str) -> Result<()> {
+fn keygen(path: &Path, kind: &str, comment: &str) -> Result<()> {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+        .args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
         .arg(path)
         .status()
         .context("running ssh-keygen")?;
@@ -489,7 +492,7 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn setup_user(identity: &Path, password: &str) -> Result<()> {
+fn setup_user(identities: &[&Path], password: &str) -> Result<()> {
     if user_uid(USER).is_none() {
         run_checked(Command::new("useradd").args(["-m", "-s", "/bin/bash", USER]))?;
     }
@@ -504,10 +507,11 @@ fn setup_user(identity: &Path, password: &str) -> Result<()> {
     }
     let ssh_dir = PathBuf::from(format!("/home/{USER}/.ssh"));
     std::fs::create_dir_all(&ssh_dir)?;
-    std::fs::copy(
-        identity.with_extension("pub"),
-        ssh_dir.join("authorized_keys"),
-    )?;
+    let mut authorized = String::new();
+    for identity in identities {
+        authorized += &std::fs::read_to_string(identity.with_extension("pub"))?;
+    }
+    std::fs::write(ssh_dir.join("authorized_keys"), authorized)?;
     set_mode(&ssh_dir, 0o700)?;
     set_mode(ssh_dir.join("authorized_keys"), 0o600)?;
     run_checked(

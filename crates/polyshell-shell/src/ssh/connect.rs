@@ -1,20 +1,21 @@
 //! Opening an SSH connection: TCP (or a forwarded channel through a bastion), handshake,
 //! host key verification, public key authentication; then the connection's driver starts.
 
+use super::cache::FileCache;
 use super::driver::{retry, Connection, Driver, OpenKind, Request, SocketFd, STDIN_CREDIT};
+use super::keys;
 use super::target::{HostKeyPolicy, Target};
 use crate::error::ErrorKind;
 use crate::process::ProcEvent;
 use base64::Engine;
 use ssh2::{CheckResult, HashType, KnownHostFileKind, MethodType, Session};
 use std::collections::HashMap;
+use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::Arc;
-use std::sync::{Mutex, OnceLock};
-use std::time::SystemTime;
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, Notify, Semaphore};
@@ -196,50 +197,66 @@ fn bridge(bastion: &Connection, host: &str, port: u16, sock: tokio::net::UnixStr
     });
 }
 
-/// The known_hosts lines that may concern this host: plain entries naming it, and every
-/// hashed or wildcard entry (only libssh2 can tell whether those match). Files are read once
-/// per run (cached by path and modification time), not once per site.
-fn candidate_lines(target: &Target) -> Vec<Arc<str>> {
-    type Cache = HashMap<PathBuf, (Option<SystemTime>, Arc<Vec<Arc<str>>>)>;
-    static CACHE: OnceLock<Mutex<Cache>> = OnceLock::new();
-    let wanted = host_label(target);
-    let mut out = Vec::new();
-    for file in &target.known_hosts {
-        let modified = std::fs::metadata(file).and_then(|m| m.modified()).ok();
-        let cache = CACHE.get_or_init(Default::default);
-        let cached = cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(file)
-            .filter(|(when, _)| *when == modified)
-            .map(|(_, lines)| lines.clone());
-        let lines = match cached {
-            Some(lines) => lines,
-            None => {
-                let Ok(text) = std::fs::read_to_string(file) else {
-                    continue;
-                };
-                let lines: Arc<Vec<Arc<str>>> = Arc::new(text.lines().map(Arc::from).collect());
-                cache
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(file.clone(), (modified, lines.clone()));
-                lines
-            }
-        };
-        for line in lines.iter() {
+/// A known_hosts file's entries, indexed by the host names of plain entries.
+#[derive(Default)]
+struct KnownHosts {
+    /// Plain entries, by each host name they list: (line number, line).
+    by_host: HashMap<String, Vec<(usize, Arc<str>)>>,
+    /// Hashed and wildcard entries, which only libssh2 can match: (line number, line).
+    general: Vec<(usize, Arc<str>)>,
+}
+
+impl KnownHosts {
+    fn parse(text: &str) -> KnownHosts {
+        let mut index = KnownHosts::default();
+        for (n, line) in text.lines().enumerate() {
             let Some(hosts) = line.split_whitespace().next() else {
                 continue;
             };
             if hosts.starts_with('#') || hosts.starts_with('@') {
                 continue;
             }
-            if hosts.starts_with("|1|")
-                || hosts.contains(['*', '?'])
-                || hosts.split(',').any(|h| h == wanted)
-            {
-                out.push(line.clone());
+            let line: Arc<str> = line.into();
+            if hosts.starts_with("|1|") || hosts.contains(['*', '?']) {
+                index.general.push((n, line));
+            } else {
+                for host in hosts.split(',') {
+                    index
+                        .by_host
+                        .entry(host.to_owned())
+                        .or_default()
+                        .push((n, line.clone()));
+                }
             }
+        }
+        index
+    }
+
+    /// The lines that may concern `host`, in file order.
+    fn candidates(&self, host: &str) -> Vec<Arc<str>> {
+        let mut lines: Vec<&(usize, Arc<str>)> = self
+            .general
+            .iter()
+            .chain(self.by_host.get(host).into_iter().flatten())
+            .collect();
+        lines.sort_unstable_by_key(|(n, _)| *n);
+        lines.dedup_by_key(|(n, _)| *n);
+        lines.into_iter().map(|(_, line)| line.clone()).collect()
+    }
+}
+
+/// The known_hosts lines that may concern this host: plain entries naming it, and every
+/// hashed or wildcard entry (only libssh2 can tell whether those match). Files are read and
+/// indexed once per run (cached by path and modification time), not once per site.
+fn candidate_lines(target: &Target) -> Vec<Arc<str>> {
+    static CACHE: FileCache<KnownHosts> = FileCache::new();
+    let wanted = host_label(target);
+    let mut out = Vec::new();
+    for file in &target.known_hosts {
+        if let Ok(index) = CACHE.get(file, |file| {
+            std::fs::read_to_string(file).map(|text| KnownHosts::parse(&text))
+        }) {
+            out.extend(index.candidates(&wanted));
         }
     }
     out
@@ -398,13 +415,24 @@ async fn authenticate(
         }
         tried.push(key.display().to_string());
         tracing::trace!(host = %target.alias, key = %key.display(), "trying public key");
-        if retry(session, fd, || {
-            session.userauth_pubkey_file(user, None, key, None)
-        })
-        .await
-        .is_ok()
-            && session.authenticated()
-        {
+        let in_process = keys::in_process(key);
+        let outcome = match (*in_process).as_ref() {
+            Some(signer) => {
+                let user = CString::new(user).map_err(|_| ErrorKind::AuthFailed {
+                    user: user.to_owned(),
+                    host: target.addr(),
+                    tried: "no key: the user name has a NUL byte".into(),
+                })?;
+                retry(session, fd, || signer.userauth(session, &user)).await
+            }
+            None => {
+                retry(session, fd, || {
+                    session.userauth_pubkey_file(user, None, key, None)
+                })
+                .await
+            }
+        };
+        if outcome.is_ok() && session.authenticated() {
             return Ok(());
         }
     }
@@ -422,4 +450,34 @@ async fn authenticate(
 /// A credit pool for one channel's stdin.
 pub(crate) fn new_credit() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(STDIN_CREDIT))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KnownHosts;
+
+    #[test]
+    fn known_hosts_candidates_are_the_host_s_plain_lines_and_every_pattern_in_file_order() {
+        let text = "# comment\n\
+                    web1,10.0.0.1 ssh-ed25519 AAAA1\n\
+                    |1|c2FsdA==|aGFzaA== ssh-ed25519 AAAA2\n\
+                    [web1]:2222 ssh-ed25519 AAAA3\n\
+                    @revoked web1 ssh-ed25519 AAAA4\n\
+                    *.example.org ssh-rsa AAAA5\n\
+                    web2 ssh-ed25519 AAAA6\n\
+                    \n\
+                    10.0.0.1,web1 ecdsa-sha2-nistp256 AAAA7\n";
+        let index = KnownHosts::parse(text);
+        let keys = |host: &str| -> Vec<String> {
+            index
+                .candidates(host)
+                .iter()
+                .map(|l| l.split_whitespace().nth(2).unwrap().to_owned())
+                .collect()
+        };
+        assert_eq!(keys("web1"), ["AAAA1", "AAAA2", "AAAA5", "AAAA7"]);
+        assert_eq!(keys("[web1]:2222"), ["AAAA2", "AAAA3", "AAAA5"]);
+        assert_eq!(keys("web2"), ["AAAA2", "AAAA5", "AAAA6"]);
+        assert_eq!(keys("unknown"), ["AAAA2", "AAAA5"]);
+    }
 }

@@ -2,8 +2,10 @@
 //! small runtime of its own (`polyshell-ssh` threads, one per core), one connection per
 //! shell reused for every command, concurrent commands multiplexed on it.
 
+mod cache;
 mod connect;
 mod driver;
+mod keys;
 mod sftp;
 mod target;
 

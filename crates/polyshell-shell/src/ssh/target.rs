@@ -1,12 +1,12 @@
 //! Where and how to connect: a site's own SSH options merged over `~/.ssh/config`.
 
+use super::cache::FileCache;
 use crate::error::ErrorKind;
-use ssh2_config::{ParseRule, SshConfig};
+use ssh2_config::{DefaultAlgorithms, HostParams, ParseRule, SshConfig};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
-use std::time::SystemTime;
 
 /// Host key checking, as OpenSSH's `StrictHostKeyChecking`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -107,34 +107,77 @@ fn local_user() -> String {
         .unwrap_or_else(|_| "root".into())
 }
 
-/// Parsed ssh_config files, by path and modification time: a run resolves every site
-/// through the same file, which is parsed once, not once per site.
-type ConfigCache = HashMap<PathBuf, (Option<SystemTime>, Arc<SshConfig>)>;
+/// A parsed ssh_config with its `Host` blocks indexed: a fleet's config often has a block
+/// per site, and `SshConfig::query` would try (compiling each pattern anew) every block for
+/// every site.
+struct IndexedConfig {
+    config: SshConfig,
+    /// Blocks whose patterns are all plain names, by name.
+    by_name: HashMap<String, Vec<usize>>,
+    /// Blocks with a wildcard or a negation: tried for every host.
+    general: Vec<usize>,
+}
 
-fn read_config(path: &Path) -> Result<Arc<SshConfig>, ErrorKind> {
-    static CACHE: OnceLock<Mutex<ConfigCache>> = OnceLock::new();
-    let modified = std::fs::metadata(path).and_then(|m| m.modified()).ok();
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some((when, config)) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
-        if *when == modified {
-            return Ok(config.clone());
+impl IndexedConfig {
+    fn new(config: SshConfig) -> IndexedConfig {
+        let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut general = Vec::new();
+        for (i, host) in config.get_hosts().iter().enumerate() {
+            let plain = host
+                .pattern
+                .iter()
+                .all(|c| !c.negated && !c.pattern.contains(['*', '?']));
+            if plain {
+                for clause in &host.pattern {
+                    by_name.entry(clause.pattern.clone()).or_default().push(i);
+                }
+            } else {
+                general.push(i);
+            }
+        }
+        IndexedConfig {
+            config,
+            by_name,
+            general,
         }
     }
-    let file = std::fs::File::open(path)
-        .map_err(|e| ErrorKind::Config(format!("{}: {e}", path.display())))?;
-    let config = Arc::new(
+
+    /// What `SshConfig::query` gives (blocks merged in file order, the first value of each
+    /// field winning), but for the algorithm lists, which polyshell does not read.
+    fn query(&self, host: &str) -> HostParams {
+        let hosts = self.config.get_hosts();
+        let mut matching: Vec<usize> = self
+            .general
+            .iter()
+            .copied()
+            .filter(|&i| hosts[i].intersects(host))
+            .chain(self.by_name.get(host).into_iter().flatten().copied())
+            .collect();
+        matching.sort_unstable();
+        matching.dedup();
+        let mut params = HostParams::new(&DefaultAlgorithms::empty());
+        for i in matching {
+            params.overwrite_if_none(&hosts[i].params);
+        }
+        params
+    }
+}
+
+/// Parsed ssh_config files: a run resolves every site through the same file, which is parsed
+/// once, not once per site.
+fn read_config(path: &Path) -> Result<Arc<IndexedConfig>, ErrorKind> {
+    static CACHE: FileCache<IndexedConfig> = FileCache::new();
+    CACHE.get(path, |path| {
+        let file = std::fs::File::open(path)
+            .map_err(|e| ErrorKind::Config(format!("{}: {e}", path.display())))?;
         SshConfig::default()
             .parse(
                 &mut std::io::BufReader::new(file),
                 ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
             )
-            .map_err(|e| ErrorKind::Config(format!("{}: {e}", path.display())))?,
-    );
-    cache
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(path.to_owned(), (modified, config.clone()));
-    Ok(config)
+            .map(IndexedConfig::new)
+            .map_err(|e| ErrorKind::Config(format!("{}: {e}", path.display())))
+    })
 }
 
 /// A `user@host:port` jump spec, or a plain alias.
@@ -311,5 +354,47 @@ mod tests {
             (22, "me", HostKeyPolicy::Strict)
         );
         assert_eq!(split_jump("u@h:2"), (Some("u".into()), "h".into(), Some(2)));
+    }
+
+    /// The index gives what ssh2-config's own query gives, block order and negation included.
+    #[test]
+    fn indexed_query_agrees_with_ssh2_config() {
+        let text = "Host web1 web2\n  User first\n  IdentityFile ~/.ssh/a\n\
+                    Host web*\n  User second\n  Port 2201\n  HostName wildcard\n\
+                    Host !web2 web?\n  Port 2202\n  IdentitiesOnly yes\n\
+                    Host db1\n  HostName 10.0.0.9\n\
+                    Host web2\n  HostName late\n  ConnectTimeout 4\n\
+                    Host *\n  User everyone\n  StrictHostKeyChecking accept-new\n";
+        let parse = || {
+            SshConfig::default()
+                .parse(
+                    &mut text.as_bytes(),
+                    ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
+                )
+                .unwrap()
+        };
+        let (plain, indexed) = (parse(), IndexedConfig::new(parse()));
+        for host in ["web1", "web2", "web3", "webby", "db1", "db2", "WEB1", ""] {
+            let (a, b) = (plain.query(host), indexed.query(host));
+            assert_eq!(
+                (
+                    &a.host_name,
+                    a.port,
+                    &a.user,
+                    &a.identity_file,
+                    a.connect_timeout
+                ),
+                (
+                    &b.host_name,
+                    b.port,
+                    &b.user,
+                    &b.identity_file,
+                    b.connect_timeout
+                ),
+                "{host}"
+            );
+            assert_eq!(a.unsupported_fields, b.unsupported_fields, "{host}");
+            assert_eq!(a.ignored_fields, b.ignored_fields, "{host}");
+        }
     }
 }
