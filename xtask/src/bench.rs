@@ -367,6 +367,32 @@ fn bench(
     let scenario = format!("batch of 4 jobs, {batch_sites} sites");
     rows.extend(interleaved(&scenario, &tools, opts.runs, fleet)?);
 
+    // Memory per connected site: every site holds its connection (and one channel) open for
+    // two seconds; the peak RSS difference between n and 100 sites, per additional site.
+    let held = if n > 100 { vec![100, n] } else { vec![n] };
+    let held_tools: Vec<Tool> = held
+        .iter()
+        .map(|&k| {
+            let mut tool = fanout_tools(fleet, polyshell, k, "sleep 2", &[]).remove(0);
+            tool.name = format!("polyshell, {k} sites");
+            tool
+        })
+        .collect();
+    let held_rows = interleaved(
+        "connections held open (`sleep 2`)",
+        &held_tools,
+        opts.runs,
+        fleet,
+    )?;
+    let per_site_kib = match held_rows.as_slice() {
+        [few, many] => {
+            let rss = |r: &Row| r.stat(|s| s.rss_kib as f64).0;
+            Some((rss(many) - rss(few)) / (n - 100) as f64)
+        }
+        _ => None,
+    };
+    rows.extend(held_rows);
+
     // Dead sites: 10 of 100 accept TCP and never answer; the run must end at the connect
     // timeout, not hang.
     let dead_listeners: Vec<std::net::TcpListener> = (0..10)
@@ -467,7 +493,15 @@ fn bench(
     } else {
         scheduler_overhead(root)
     };
-    report(opts, &rows, &sftp_lines, size_mb, scheduler, root)
+    report(
+        opts,
+        &rows,
+        &sftp_lines,
+        size_mb,
+        scheduler,
+        per_site_kib,
+        root,
+    )
 }
 
 /// Runs every tool once per round, `runs` rounds: no tool always goes first or last.
@@ -535,6 +569,7 @@ fn report(
     sftp: &[(f64, f64, f64, f64)],
     size_mb: usize,
     scheduler_us: Option<f64>,
+    per_site_kib: Option<f64>,
     root: &Path,
 ) -> Result<()> {
     let cores = std::thread::available_parallelism()
@@ -598,6 +633,14 @@ fn report(
             scp_down / down
         )?;
         json_rows.push(serde_json::json!({"scenario": "sftp", "size_mb": size_mb, "upload": up, "download": down, "scp_upload": scp_up, "scp_download": scp_down}));
+    }
+    if let Some(kib) = per_site_kib {
+        writeln!(
+            md,
+            "\nMemory per additional connected site (peak RSS, {} sites vs 100, connections held open): {kib:.0} KiB.",
+            opts.sites
+        )?;
+        json_rows.push(serde_json::json!({"scenario": "memory_per_site", "kib": kib}));
     }
     if let Some(us) = scheduler_us {
         writeln!(md, "\nScheduler overhead (criterion, 1,000 sites x 100 no-op jobs): {us:.2} µs per action.")?;
