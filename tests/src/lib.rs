@@ -42,7 +42,8 @@ pub struct Fleet {
     pub sites: Vec<FleetSite>,
     /// The bastion: an ordinary site whose sshd logs forwarding at debug level.
     pub bastion: FleetSite,
-    /// A site the ssh_config reaches through the bastion (`ProxyJump bastion`).
+    /// A site the ssh_config reaches through the bastion (`ProxyJump bastion`). Its sshd also
+    /// has an ECDSA host key (`host_ecdsa` in `dir`) that known_hosts does not list.
     pub proxied: FleetSite,
     /// The sshd processes `fleet up` started.
     pub processes: Vec<FleetProcess>,

@@ -3,12 +3,11 @@
 
 mod common;
 
-use common::{bounded, eventually, options, ssh};
+use common::{bounded, eventually, fingerprint, keygen, only_key, options, ssh};
 use polyshell_shell::{
     Command, ErrorKind, ExitStatus, HostKeyPolicy, Line, OutputSink, Shell, Stream,
 };
 use polyshell_tests::Fleet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -269,45 +268,6 @@ async fn host_keys_strict_accept_new_and_changed() {
     );
 }
 
-/// Options for `site` that offer `key` and nothing else (no ssh_config, so no fleet key).
-fn only_key(fleet: &Fleet, site: &str, key: &Path) -> polyshell_shell::SshOptions {
-    let site = fleet.site(site);
-    let mut opts = polyshell_shell::SshOptions::new(&site.addr);
-    opts.port = Some(site.port);
-    opts.user = Some(fleet.user.clone());
-    opts.identity = Some(key.to_owned());
-    opts.known_hosts = Some(fleet.known_hosts.clone());
-    opts.host_key_policy = Some(HostKeyPolicy::Strict);
-    opts.connect_timeout = Some(Duration::from_secs(20));
-    // An empty ssh_config: the operator's own (with its IdentityFile) must not join in.
-    let empty = fleet.dir.join("empty_ssh_config");
-    if !empty.exists() {
-        std::fs::write(&empty, "").unwrap();
-    }
-    opts.ssh_config = Some(empty);
-    opts
-}
-
-fn keygen(path: &Path, passphrase: &str) {
-    let status = std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
-        .arg(path)
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
-/// The key's `SHA256:...` fingerprint, as sshd logs it.
-fn fingerprint(key: &Path) -> String {
-    let out = std::process::Command::new("ssh-keygen")
-        .arg("-lf")
-        .arg(key)
-        .output()
-        .unwrap();
-    let text = String::from_utf8(out.stdout).unwrap();
-    text.split_whitespace().nth(1).unwrap().to_owned()
-}
-
 #[tokio::test]
 #[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
 async fn keys_sign_in_process_or_through_libssh2_and_failures_name_the_key() {
@@ -350,6 +310,46 @@ async fn keys_sign_in_process_or_through_libssh2_and_failures_name_the_key() {
                 "{}: expected an authentication error, got {other}",
                 key.display()
             ),
+        }
+    }
+}
+
+/// The proxied site's sshd offers ed25519 and ECDSA host keys; libssh2 prefers ed25519. The
+/// key type negotiated must be one known_hosts records, or a host recorded with its ECDSA key
+/// would look "changed".
+#[tokio::test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+async fn a_host_with_two_key_types_is_checked_against_the_recorded_one() {
+    let fleet = Fleet::load();
+    let label = format!("[{}]:{}", fleet.proxied.addr, fleet.proxied.port);
+    let public = |file: &str| -> String {
+        let text = std::fs::read_to_string(fleet.dir.join(file)).unwrap();
+        text.split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        ("host_ed25519.pub", true),
+        ("host_ecdsa.pub", true),
+        // Another ed25519 key recorded for the host: changed, whatever else it offers.
+        ("id_ed25519.pub", false),
+    ];
+    for (file, accepted) in cases {
+        let known_hosts = dir.path().join(format!("known_hosts-{file}"));
+        std::fs::write(&known_hosts, format!("{label} {}\n", public(file))).unwrap();
+        let mut opts = only_key(&fleet, "proxied", &fleet.identity);
+        opts.known_hosts = Some(known_hosts);
+        let result = bounded("direct run", 30, Shell::with_ssh(opts).run("echo ok")).await;
+        match (result, accepted) {
+            (Ok(out), true) => assert_eq!(out.stdout_text(), "ok\n", "{file}"),
+            (Err(err), false) => assert!(
+                matches!(err.kind, ErrorKind::HostKeyChanged { .. }),
+                "{file}: {err}"
+            ),
+            (Ok(_), false) => panic!("{file}: a changed host key was accepted"),
+            (Err(err), true) => panic!("{file}: {err}"),
         }
     }
 }

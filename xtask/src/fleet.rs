@@ -60,6 +60,11 @@ pub fn up(dir: &Path, n: usize) -> Result<Fleet> {
     let identity = dir.join("id_ed25519");
     let ecdsa_identity = dir.join("id_ecdsa");
     keygen(&host_key, "ed25519", "polyshell-fleet-host")?;
+    keygen(
+        &dir.join("host_ecdsa"),
+        "ecdsa",
+        "polyshell-fleet-host-ecdsa",
+    )?;
     keygen(&identity, "ed25519", "polyshell-fleet-client")?;
     keygen(&ecdsa_identity, "ecdsa", "polyshell-fleet-client-ecdsa")?;
     let password = random_hex(12)?;
@@ -114,21 +119,25 @@ fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str)
         processes: Vec::new(),
         reaper: None,
     };
-    let mut plan: Vec<(Vec<&FleetSite>, &str)> = sites
+    // The proxied site also offers an ECDSA host key that known_hosts does not list: a test
+    // records only that one, and the client must negotiate it rather than its preferred type.
+    let host_ecdsa = dir.join("host_ecdsa");
+    let ed25519_only = vec![host_key];
+    let mut plan: Vec<(Vec<&FleetSite>, &str, Vec<&Path>)> = sites
         .chunks(PER_PROCESS)
-        .map(|group| (group.iter().collect(), "VERBOSE"))
+        .map(|group| (group.iter().collect(), "VERBOSE", ed25519_only.clone()))
         .collect();
-    plan.push((vec![&fleet.bastion], "DEBUG1"));
-    plan.push((vec![&fleet.proxied], "VERBOSE"));
+    plan.push((vec![&fleet.bastion], "DEBUG1", ed25519_only.clone()));
+    plan.push((vec![&fleet.proxied], "VERBOSE", vec![host_key, &host_ecdsa]));
     let mut configs = Vec::new();
-    for (index, (group, log_level)) in plan.iter().enumerate() {
+    for (index, (group, log_level, host_keys)) in plan.iter().enumerate() {
         let config = dir.join(format!("sshd-{index:03}.conf"));
         let log = dir.join(format!("sshd-{index:03}.log"));
         std::fs::write(
             &config,
             sshd_config(
                 group,
-                host_key,
+                host_keys,
                 &dir.join(format!("sshd-{index:03}.pid")),
                 log_level,
                 penalties,
@@ -181,7 +190,7 @@ fn write_fleet(dir: &Path, fleet: &Fleet) -> Result<()> {
 
 fn sshd_config(
     sites: &[&FleetSite],
-    host_key: &Path,
+    host_keys: &[&Path],
     pid_file: &Path,
     log_level: &str,
     penalties: bool,
@@ -190,12 +199,10 @@ fn sshd_config(
     for site in sites {
         let _ = writeln!(c, "ListenAddress {}:{}", site.addr, site.port);
     }
-    let _ = write!(
-        c,
-        "HostKey {}\nPidFile {}\nLogLevel {log_level}\n",
-        host_key.display(),
-        pid_file.display()
-    );
+    for key in host_keys {
+        let _ = writeln!(c, "HostKey {}", key.display());
+    }
+    let _ = write!(c, "PidFile {}\nLogLevel {log_level}\n", pid_file.display());
     c.push_str(SSHD_COMMON);
     if penalties {
         // OpenSSH >= 9.8 would otherwise lock loopback out after the fault tests' failures.

@@ -3,6 +3,7 @@
 
 use polyshell_shell::{Shell, SshOptions};
 use polyshell_tests::Fleet;
+use std::path::Path;
 use std::time::Duration;
 
 /// An SSH shell to a fleet site, configured by the fleet's ssh_config (key, known_hosts,
@@ -38,4 +39,43 @@ pub async fn eventually(secs: u64, mut check: impl AsyncFnMut() -> bool) -> bool
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Options for `site` that offer `key` and nothing else (no ssh_config, so no fleet key).
+pub fn only_key(fleet: &Fleet, site: &str, key: &Path) -> polyshell_shell::SshOptions {
+    let site = fleet.site(site);
+    let mut opts = polyshell_shell::SshOptions::new(&site.addr);
+    opts.port = Some(site.port);
+    opts.user = Some(fleet.user.clone());
+    opts.identity = Some(key.to_owned());
+    opts.known_hosts = Some(fleet.known_hosts.clone());
+    opts.host_key_policy = Some(polyshell_shell::HostKeyPolicy::Strict);
+    opts.connect_timeout = Some(Duration::from_secs(20));
+    // An empty ssh_config: the operator's own (with its IdentityFile) must not join in.
+    let empty = fleet.dir.join("empty_ssh_config");
+    if !empty.exists() {
+        std::fs::write(&empty, "").unwrap();
+    }
+    opts.ssh_config = Some(empty);
+    opts
+}
+
+pub fn keygen(path: &Path, passphrase: &str) {
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", passphrase, "-f"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// The key's `SHA256:...` fingerprint, as sshd logs it.
+pub fn fingerprint(key: &Path) -> String {
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(key)
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_whitespace().nth(1).unwrap().to_owned()
 }
