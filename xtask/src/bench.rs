@@ -212,30 +212,37 @@ fn which(bin: &str) -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// polyshell against the fleet, quietly: `polyshell --ssh-config CFG --output quiet ARGS...`.
+fn polyshell_tool(name: &str, polyshell: &str, fleet: &Fleet, args: &[&str]) -> Tool {
+    let mut argv: Vec<String> = [
+        polyshell,
+        "--ssh-config",
+        &fleet.ssh_config.display().to_string(),
+        "--output",
+        "quiet",
+    ]
+    .map(String::from)
+    .to_vec();
+    argv.extend(args.iter().map(|a| a.to_string()));
+    Tool {
+        name: name.into(),
+        argv,
+        env: vec![],
+    }
+}
+
 fn fanout_tools(fleet: &Fleet, polyshell: &str, n: usize, cmd: &str, peers: &[&str]) -> Vec<Tool> {
     let cfg = fleet.ssh_config.display().to_string();
     let range = format!("site[001-{n:03}]");
     let hosts: Vec<String> = fleet.sites.iter().take(n).map(|s| s.name.clone()).collect();
     let hosts_file = fleet.dir.join("bench-hosts");
     let _ = std::fs::write(&hosts_file, hosts.join("\n") + "\n");
-    let mut tools = vec![Tool {
-        name: "polyshell".into(),
-        argv: [
-            polyshell,
-            "--ssh-config",
-            &cfg,
-            "--output",
-            "quiet",
-            "-H",
-            &range,
-            "run",
-            "--",
-            cmd,
-        ]
-        .map(String::from)
-        .to_vec(),
-        env: vec![],
-    }];
+    let mut tools = vec![polyshell_tool(
+        "polyshell",
+        polyshell,
+        fleet,
+        &["-H", &range, "run", "--", cmd],
+    )];
     tools.push(Tool {
         name: "openssh (xargs -P)".into(),
         argv: sh(format!(
@@ -315,40 +322,18 @@ fn bench(
     let cfg = fleet.ssh_config.display().to_string();
     let pf = polyfile.display().to_string();
     let batch_tools = vec![
-        Tool {
-            name: "polyshell, 1 job".into(),
-            argv: [
-                polyshell,
-                "--ssh-config",
-                &cfg,
-                "--output",
-                "quiet",
-                "-f",
-                &pf,
-                "schedule",
-                "one",
-            ]
-            .map(String::from)
-            .to_vec(),
-            env: vec![],
-        },
-        Tool {
-            name: "polyshell, 4 jobs site-sequential".into(),
-            argv: [
-                polyshell,
-                "--ssh-config",
-                &cfg,
-                "--output",
-                "quiet",
-                "-f",
-                &pf,
-                "schedule",
-                "four",
-            ]
-            .map(String::from)
-            .to_vec(),
-            env: vec![],
-        },
+        polyshell_tool(
+            "polyshell, 1 job",
+            polyshell,
+            fleet,
+            &["-f", &pf, "schedule", "one"],
+        ),
+        polyshell_tool(
+            "polyshell, 4 jobs site-sequential",
+            polyshell,
+            fleet,
+            &["-f", &pf, "schedule", "four"],
+        ),
     ];
     let mut peer_four: Vec<Tool> = fanout_tools(fleet, polyshell, batch_sites, "true", peers)
         .into_iter()
@@ -409,14 +394,11 @@ fn bench(
     }
     let dead_file = fleet.dir.join("bench-dead.toml");
     std::fs::write(&dead_file, dead_pf)?;
-    let dead_tool = Tool {
-        name: "polyshell, --connect-timeout 5".into(),
-        argv: [
-            polyshell,
-            "--ssh-config",
-            &cfg,
-            "--output",
-            "quiet",
+    let dead_tool = polyshell_tool(
+        "polyshell, --connect-timeout 5",
+        polyshell,
+        fleet,
+        &[
             "--connect-timeout",
             "5",
             "-f",
@@ -426,11 +408,8 @@ fn bench(
             "all",
             "--",
             "true",
-        ]
-        .map(String::from)
-        .to_vec(),
-        env: vec![],
-    };
+        ],
+    );
     let mut dead_samples = Vec::new();
     for _ in 0..opts.runs {
         let mut sample = measure(&dead_tool, fleet)?;
