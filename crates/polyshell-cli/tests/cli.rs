@@ -17,6 +17,19 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Asserts the run succeeded and printed every one of `lines`; its stdout.
+fn succeeded_printing(
+    out: &std::process::Output,
+    lines: impl IntoIterator<Item = String>,
+) -> String {
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    for line in lines {
+        assert!(stdout.contains(&line), "no `{line}` in:\n{stdout}");
+    }
+    stdout
+}
+
 /// Elapsed times vary: `in 0.1s` becomes `in Ns`.
 fn normalize(s: &str) -> String {
     s.lines()
@@ -212,14 +225,10 @@ fn a_chained_schedule_reads_what_the_first_wrote() {
         .args(["schedule", "chained"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    for i in 1..=5 {
-        assert!(
-            stdout.contains(&format!("node{i} | got rev-node{i}\n")),
-            "{stdout}"
-        );
-    }
+    succeeded_printing(
+        &out,
+        (1..=5).map(|i| format!("node{i} | got rev-node{i}\n")),
+    );
 }
 
 #[test]
@@ -314,14 +323,7 @@ fn hosts_ranges_and_stream_output() {
         ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out.stderr));
-    let stdout = text(&out.stdout);
-    for i in 1..=5 {
-        assert!(
-            stdout.contains(&format!("site00{i} | 127.77.0.{i}\n")),
-            "{stdout}"
-        );
-    }
+    let stdout = succeeded_printing(&out, (1..=5).map(|i| format!("site00{i} | 127.77.0.{i}\n")));
     assert!(
         stdout.contains("proxied | 127.78.0.2\n"),
         "aligned prefixes: {stdout}"
