@@ -111,6 +111,55 @@ impl Command {
     }
 }
 
+/// The line an SSH server hands to the user's login shell: `exec /bin/sh -c SCRIPT`, so that
+/// the script runs under a POSIX `sh` whatever the login shell is (dash, bash, busybox, zsh,
+/// fish, ...). The login shell only has to parse one `exec` of one quoted word; the quoting
+/// ([`portable_quote`]) reads the same in POSIX shells, zsh and fish. `exec` keeps the pid,
+/// so `$$` in the script is still the session leader's pid (the process group to signal).
+pub(crate) fn login_shell_line(script: &str) -> String {
+    format!("exec /bin/sh -c {}", portable_quote(script))
+}
+
+/// Quotes `s` as one word that POSIX shells, zsh and fish all read back as `s`: runs of
+/// ordinary characters in single quotes, and each `'` and `\` outside quotes as `\'` and
+/// `\\` (fish, unlike POSIX, treats a backslash inside single quotes as an escape).
+pub(crate) fn portable_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 8);
+    let mut in_quotes = false;
+    for c in s.chars().filter(|&c| c != '\0') {
+        if c == '\'' || c == '\\' {
+            if in_quotes {
+                out.push('\'');
+                in_quotes = false;
+            }
+            out.push('\\');
+            out.push(c);
+        } else {
+            if !in_quotes {
+                out.push('\'');
+                in_quotes = true;
+            }
+            out.push(c);
+        }
+    }
+    if in_quotes {
+        out.push('\'');
+    }
+    if out.is_empty() {
+        out.push_str("''");
+    }
+    out
+}
+
+/// The POSIX script that terminates process group `pgid`: TERM, up to 2 s for it to go,
+/// then KILL. Plain POSIX `kill -SIG -PGID` (dash's `kill` rejects `kill -- -PGID`).
+pub(crate) fn terminate_script(pgid: u32) -> String {
+    format!(
+        "kill -TERM -{pgid} 2>/dev/null; i=0; while kill -0 -{pgid} 2>/dev/null && [ $i -lt 20 ]; \
+         do sleep 0.1; i=$((i+1)); done; kill -KILL -{pgid} 2>/dev/null; true"
+    )
+}
+
 /// Finds the pid line (`MARKER<pid>\n`, printed by [`Command::remote_script`]) in the head
 /// of a command's output. `None` while the line is not complete yet; then the pid (if it
 /// parsed) and the bytes around the line, which are the command's own output.
@@ -186,6 +235,41 @@ mod tests {
             Some((Some(4242), b"before\nafter".to_vec()))
         );
         assert_eq!(take_pid_line(b"[m]x\n", "[m]"), Some((None, Vec::new())));
+    }
+
+    #[test]
+    fn portable_quote_marks_quotes_and_backslashes_outside_single_quotes() {
+        assert_eq!(portable_quote(""), "''");
+        assert_eq!(portable_quote("a b"), "'a b'");
+        assert_eq!(portable_quote("it's"), "'it'\\''s'");
+        assert_eq!(portable_quote("a\\b"), "'a'\\\\'b'");
+        assert_eq!(portable_quote("'"), "\\'");
+        assert_eq!(login_shell_line("echo $$"), "exec /bin/sh -c 'echo $$'");
+    }
+
+    #[test]
+    fn portable_quote_reads_back_the_same_in_every_installed_shell() {
+        // The shells every Debian machine has; zsh, fish and busybox are login shells of the
+        // fleet, where the conformance suite runs every transport behaviour through sshd.
+        let script = "printf '%s|' \"a\\\\b\" 'it'\"'\"'s' \"\\$HOME\" 'tab\tx' \"x\ny\" '!*?~'";
+        let expected = std::process::Command::new("/bin/sh")
+            .args(["-c", script])
+            .output()
+            .unwrap()
+            .stdout;
+        assert!(!expected.is_empty());
+        for shell in ["/bin/sh", "/bin/bash", "/bin/dash"] {
+            let out = std::process::Command::new(shell)
+                .args(["-c", &login_shell_line(script)])
+                .output()
+                .unwrap();
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&expected),
+                "{shell}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
     }
 
     #[test]

@@ -56,6 +56,10 @@ pub enum ErrorKind {
         host: String,
         tried: String,
     },
+    /// The bastion (ProxyJump) in front of the site could not be reached; every site behind
+    /// it fails with the same reason, and the bastion is not tried again for each of them.
+    #[error("cannot connect through the bastion {bastion}: {reason}")]
+    Bastion { bastion: String, reason: String },
     #[error("SSH channel failed: {0}")]
     Channel(String),
     #[error("connection to {host} lost: {reason}")]

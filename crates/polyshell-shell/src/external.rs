@@ -1,13 +1,15 @@
 //! The system OpenSSH client as a transport (site option `ssh`), for what libssh2 cannot do:
 //! ProxyCommand, GSSAPI, ControlMaster, hardware keys. Each command is one `ssh` process.
 
+use crate::command::{login_shell_line, take_pid_line, terminate_script};
 use crate::error::ErrorKind;
 use crate::local::{self, LocalProcess};
 use crate::output::Stream;
-use crate::process::{ProcEvent, Process};
+use crate::process::{ProcEvent, Process, StdinWriter};
 use crate::{Command, Transport};
 use async_trait::async_trait;
 use std::path::Path;
+use std::time::Duration;
 
 /// Runs commands as `PROGRAM ARGS... -T -o BatchMode=yes HOST -- SCRIPT`.
 pub(crate) struct ExternalSsh {
@@ -37,17 +39,19 @@ impl ExternalSsh {
 #[async_trait]
 impl Transport for ExternalSsh {
     async fn spawn(&self, command: &Command) -> Result<Box<dyn Process>, ErrorKind> {
-        let script = command.remote_script(Some(&self.marker));
-        // Environment and directory travel inside the script, not to the local ssh.
+        // Environment and directory travel inside the script, not to the local ssh; the
+        // script runs under a POSIX sh whatever the remote login shell is.
+        let script = login_shell_line(&command.remote_script(Some(&self.marker)));
         let process = local::spawn(&self.program, &self.argv(&script))?;
-        Ok(Box::new(ExternalProcess {
+        Ok(Box::new(ExternalProcess(Some(Remote {
             process,
             remote_pgid: None,
             transport: (self.program.clone(), self.argv("")),
             marker: self.marker.clone(),
             head: Some(Vec::new()),
             pending: None,
-        }))
+            finished: false,
+        }))))
     }
 
     async fn connect(&self) -> Result<(), ErrorKind> {
@@ -55,19 +59,11 @@ impl Transport for ExternalSsh {
     }
 
     async fn upload(&self, local: &Path, remote: &str) -> Result<(), ErrorKind> {
-        self.scp(&[
-            local.display().to_string(),
-            format!("{}:{remote}", self.host),
-        ])
-        .await
+        crate::stream_transfer::upload(self, local, remote).await
     }
 
     async fn download(&self, remote: &str, local: &Path) -> Result<(), ErrorKind> {
-        self.scp(&[
-            format!("{}:{remote}", self.host),
-            local.display().to_string(),
-        ])
-        .await
+        crate::stream_transfer::download(self, remote, local).await
     }
 
     fn describe(&self) -> String {
@@ -75,99 +71,143 @@ impl Transport for ExternalSsh {
     }
 }
 
-impl ExternalSsh {
-    async fn scp(&self, paths: &[String]) -> Result<(), ErrorKind> {
-        let program = if self.program.ends_with("ssh") {
-            format!("{}scp", self.program.trim_end_matches("ssh"))
-        } else {
-            "scp".to_owned()
-        };
-        let mut argv: Vec<String> = self.args.clone();
-        argv.extend(["-r", "-p", "-q", "-o", "BatchMode=yes"].map(String::from));
-        argv.extend(paths.iter().cloned());
-        let out = tokio::process::Command::new(&program)
-            .args(&argv)
-            .output()
-            .await
-            .map_err(|source| ErrorKind::Spawn {
-                program: program.clone(),
-                source,
-            })?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(ErrorKind::Transfer(
-                String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            ))
-        }
-    }
-}
+/// A command run by one local `ssh` process. Dropped before it ended, it is terminated
+/// on the site too (a task does it; [`crate::flush_terminations`] waits for it).
+struct ExternalProcess(Option<Remote>);
 
-struct ExternalProcess {
+struct Remote {
     process: LocalProcess,
     remote_pgid: Option<u32>,
     transport: (String, Vec<String>),
     marker: String,
     head: Option<Vec<u8>>,
     pending: Option<ProcEvent>,
+    finished: bool,
 }
 
-#[async_trait]
-impl Process for ExternalProcess {
+impl ExternalProcess {
+    fn remote(&mut self) -> &mut Remote {
+        self.0.as_mut().expect("present until dropped")
+    }
+}
+
+impl Remote {
+    /// One event of the local ssh, the pid line taken out of the head of stderr; `None`
+    /// when there is nothing to pass on yet.
+    async fn step(&mut self) -> Option<ProcEvent> {
+        match self.process.next().await {
+            ProcEvent::Output(Stream::Stderr, chunk) if self.head.is_some() => {
+                let head = self.head.as_mut().expect("checked");
+                head.extend_from_slice(&chunk);
+                if let Some((pid, rest)) = take_pid_line(head, &self.marker) {
+                    self.remote_pgid = pid;
+                    self.head = None;
+                    (!rest.is_empty()).then_some(ProcEvent::Output(Stream::Stderr, rest))
+                } else if head.len() > 4096 {
+                    let held = self.head.take().unwrap_or_default();
+                    Some(ProcEvent::Output(Stream::Stderr, held))
+                } else {
+                    None
+                }
+            }
+            ProcEvent::Exit(status) => {
+                self.finished = true;
+                if let Some(held) = self.head.take().filter(|h| !h.is_empty()) {
+                    // Give back what was held, then the exit on the next call.
+                    self.pending = Some(ProcEvent::Exit(status));
+                    return Some(ProcEvent::Output(Stream::Stderr, held));
+                }
+                Some(ProcEvent::Exit(status))
+            }
+            other @ ProcEvent::Failed(_) => {
+                self.finished = true;
+                Some(other)
+            }
+            other => Some(other),
+        }
+    }
+
     async fn next(&mut self) -> ProcEvent {
         if let Some(event) = self.pending.take() {
             return event;
         }
         loop {
-            match self.process.next().await {
-                ProcEvent::Output(Stream::Stderr, chunk) if self.head.is_some() => {
-                    let head = self.head.as_mut().expect("checked");
-                    head.extend_from_slice(&chunk);
-                    if let Some((pid, rest)) = crate::command::take_pid_line(head, &self.marker) {
-                        self.remote_pgid = pid;
-                        self.head = None;
-                        if !rest.is_empty() {
-                            return ProcEvent::Output(Stream::Stderr, rest);
-                        }
-                    } else if head.len() > 4096 {
-                        let held = self.head.take().unwrap_or_default();
-                        return ProcEvent::Output(Stream::Stderr, held);
-                    }
-                }
-                ProcEvent::Exit(status) => {
-                    if let Some(held) = self.head.take().filter(|h| !h.is_empty()) {
-                        // Give back what was held, then the exit on the next call.
-                        self.pending = Some(ProcEvent::Exit(status));
-                        return ProcEvent::Output(Stream::Stderr, held);
-                    }
-                    return ProcEvent::Exit(status);
-                }
-                other => return other,
+            if let Some(event) = self.step().await {
+                return event;
             }
         }
     }
 
-    async fn write_stdin(&mut self, data: &[u8]) -> Result<(), ErrorKind> {
-        self.process.write_stdin(data).await
-    }
-
-    async fn close_stdin(&mut self) {
-        self.process.close_stdin().await
-    }
-
     async fn terminate(&mut self) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        // Cancelled before the pid line came: it is the first thing the command prints,
+        // so read on (bounded) until it is here.
+        if self.remote_pgid.is_none() && self.head.is_some() {
+            let _ = tokio::time::timeout(PID_WAIT, async {
+                while self.remote_pgid.is_none() && self.head.is_some() {
+                    if let Some(ProcEvent::Exit(_) | ProcEvent::Failed(_)) = self.step().await {
+                        return;
+                    }
+                }
+            })
+            .await;
+        }
         if let Some(pid) = self.remote_pgid {
             let (program, mut argv) = self.transport.clone();
             argv.pop();
-            argv.push(format!(
-                "kill -TERM -- -{pid} 2>/dev/null; sleep 1; kill -KILL -- -{pid} 2>/dev/null; true"
-            ));
+            argv.push(login_shell_line(&terminate_script(pid)));
             let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(10),
+                Duration::from_secs(10),
                 tokio::process::Command::new(program).args(argv).output(),
             )
             .await;
         }
         self.process.terminate().await;
+    }
+}
+
+/// How long a cancelled command's pid line is waited for.
+const PID_WAIT: Duration = Duration::from_secs(10);
+
+#[async_trait]
+impl Process for ExternalProcess {
+    async fn next(&mut self) -> ProcEvent {
+        self.remote().next().await
+    }
+
+    async fn write_stdin(&mut self, data: &[u8]) -> Result<(), ErrorKind> {
+        self.remote().process.write_stdin(data).await
+    }
+
+    async fn close_stdin(&mut self) {
+        self.remote().process.close_stdin().await
+    }
+
+    fn split_stdin(&mut self) -> Option<Box<dyn StdinWriter>> {
+        self.remote().process.split_stdin()
+    }
+
+    async fn terminate(&mut self) {
+        self.remote().terminate().await
+    }
+}
+
+impl Drop for ExternalProcess {
+    fn drop(&mut self) {
+        let Some(mut remote) = self.0.take().filter(|r| !r.finished) else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return; // the local ssh's process group is still killed by its own drop
+        };
+        let (done, wait) = tokio::sync::oneshot::channel();
+        crate::ssh::register_termination(wait);
+        runtime.spawn(async move {
+            remote.terminate().await;
+            let _ = done.send(());
+        });
     }
 }

@@ -34,6 +34,7 @@ mod local;
 mod output;
 pub mod process;
 mod ssh;
+mod stream_transfer;
 mod sudo;
 mod transfer;
 

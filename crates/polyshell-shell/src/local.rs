@@ -3,7 +3,7 @@
 
 use crate::error::ErrorKind;
 use crate::output::{ExitStatus, Stream};
-use crate::process::{ProcEvent, Process};
+use crate::process::{ProcEvent, Process, StdinWriter};
 use async_trait::async_trait;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -109,6 +109,12 @@ impl Process for LocalProcess {
         self.stdin = None;
     }
 
+    fn split_stdin(&mut self) -> Option<Box<dyn StdinWriter>> {
+        self.stdin
+            .take()
+            .map(|pipe| Box::new(LocalStdin(Some(pipe))) as Box<dyn StdinWriter>)
+    }
+
     async fn terminate(&mut self) {
         let Some(pgid) = self.pgid else { return };
         signal_group(pgid, libc::SIGTERM);
@@ -122,6 +128,26 @@ impl Process for LocalProcess {
         // The leader is gone; make sure nothing it started lingers in the group.
         signal_group(pgid, libc::SIGKILL);
         self.exited = true;
+    }
+}
+
+/// A child's stdin pipe, written while its output is read.
+pub(crate) struct LocalStdin(Option<ChildStdin>);
+
+#[async_trait]
+impl StdinWriter for LocalStdin {
+    async fn write(&mut self, data: &[u8]) -> Result<usize, ErrorKind> {
+        match self.0.as_mut() {
+            // `write` is cancel-safe (nothing written if dropped); `write_all` is not.
+            Some(pipe) => Ok(pipe.write(data).await?),
+            None => Ok(0),
+        }
+    }
+
+    async fn close(&mut self) {
+        if let Some(mut pipe) = self.0.take() {
+            let _ = pipe.flush().await;
+        }
     }
 }
 

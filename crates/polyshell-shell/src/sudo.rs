@@ -71,6 +71,7 @@ pub(crate) async fn run(
             prompt: prompt.into_bytes(),
             ready: matches!(form, SudoForm::Wrapped).then(|| ready.into_bytes()),
             input: command.stdin.clone(),
+            released: None,
             held: [Vec::new(), Vec::new()],
             answered: None,
             passed: false,
@@ -99,6 +100,8 @@ struct SudoHook {
     ready: Option<Vec<u8>>,
     /// The command's own input, fed once sudo let us through.
     input: Option<Vec<u8>>,
+    /// The input, once let through and not yet taken by `drive`.
+    released: Option<Option<Vec<u8>>>,
     /// Bytes held back per stream because they may be the start of a marker.
     held: [Vec<u8>; 2],
     answered: Option<Password>,
@@ -116,12 +119,10 @@ fn partial_suffix(data: &[u8], marker: &[u8]) -> usize {
 }
 
 impl SudoHook {
-    async fn feed_input(&mut self, process: &mut dyn Process) -> Result<(), ErrorKind> {
-        if let Some(input) = self.input.take() {
-            process.write_stdin(&input).await?;
-        }
-        process.close_stdin().await;
-        Ok(())
+    /// Lets the command's own input through: [`process::drive`] writes it (while reading
+    /// output) and then closes stdin.
+    fn feed_input(&mut self) {
+        self.released = Some(self.input.take());
     }
 
     async fn on_prompt(&mut self, process: &mut dyn Process) -> Result<(), ErrorKind> {
@@ -140,7 +141,7 @@ impl SudoHook {
         process.write_stdin(&pw.sudo_answer()).await?;
         self.answered = Some(pw);
         if self.ready.is_none() {
-            self.feed_input(process).await?;
+            self.feed_input();
         }
         Ok(())
     }
@@ -195,7 +196,7 @@ impl OutputHook for SudoHook {
                     self.passed = true;
                     self.ready = None;
                     tracing::trace!(site = %self.site, "sudo let the command through");
-                    self.feed_input(process).await?;
+                    self.feed_input();
                 }
                 _ => break,
             }
@@ -211,6 +212,10 @@ impl OutputHook for SudoHook {
     fn finish(&mut self) -> Result<(Vec<u8>, Vec<u8>), ErrorKind> {
         let [out, err] = std::mem::take(&mut self.held);
         Ok((out, err))
+    }
+
+    fn release_input(&mut self) -> Option<Option<Vec<u8>>> {
+        self.released.take()
     }
 }
 

@@ -19,7 +19,9 @@ fn copy_blocking(from: &Path, to: &Path) -> Result<(), ErrorKind> {
     let meta = std::fs::symlink_metadata(from).map_err(|e| err(from, e))?;
     if meta.is_dir() {
         std::fs::create_dir_all(to).map_err(|e| err(to, e))?;
-        copy_tree(from, to)
+        copy_tree(from, to)?;
+        // `to` is a copy of the directory: its mode too (set last, it may be read-only).
+        std::fs::set_permissions(to, meta.permissions()).map_err(|e| err(to, e))
     } else {
         let dest: PathBuf = if to.is_dir() {
             to.join(from.file_name().unwrap_or_default())

@@ -120,6 +120,38 @@ impl Connection {
     pub(crate) fn is_alive(&self) -> bool {
         self.alive.load(Ordering::Acquire) && !self.tx.is_closed()
     }
+
+    /// A handle that does not keep the connection open.
+    pub(crate) fn downgrade(&self) -> WeakConnection {
+        WeakConnection {
+            tx: self.tx.downgrade(),
+            wake: self.wake.clone(),
+            alive: self.alive.clone(),
+            next_id: self.next_id.clone(),
+            pid_marker: self.pid_marker.clone(),
+        }
+    }
+}
+
+/// A [`Connection`] that lets its driver end when every strong handle is gone.
+pub(crate) struct WeakConnection {
+    tx: mpsc::WeakUnboundedSender<Request>,
+    wake: Arc<Notify>,
+    alive: Arc<AtomicBool>,
+    next_id: Arc<AtomicU64>,
+    pid_marker: Arc<str>,
+}
+
+impl WeakConnection {
+    pub(crate) fn upgrade(&self) -> Option<Connection> {
+        Some(Connection {
+            tx: self.tx.upgrade()?,
+            wake: self.wake.clone(),
+            alive: self.alive.clone(),
+            next_id: self.next_id.clone(),
+            pid_marker: self.pid_marker.clone(),
+        })
+    }
 }
 
 pub(crate) struct Driver {
@@ -164,7 +196,15 @@ struct Op {
     /// An op started by the driver itself (a kill): nobody reads its events.
     internal: bool,
     pty_ready: bool,
+    /// `exec` was sent (perhaps still unanswered): the command may be running.
+    exec_sent: bool,
+    /// Terminated before its pid line arrived: kill the group as soon as it does, unless
+    /// the command ends first or the deadline passes.
+    kill_pending: Option<Instant>,
 }
+
+/// How long a terminated command's pid line is waited for before the channel is just closed.
+const PID_WAIT: Duration = Duration::from_secs(10);
 
 /// Whether a libssh2 error ends the whole connection rather than one channel.
 fn is_fatal(err: &ssh2::Error) -> bool {
@@ -252,6 +292,7 @@ impl Driver {
         tracing::debug!(host = %self.host, %reason, "connection lost");
         self.alive.store(false, Ordering::Release);
         for op in ops {
+            op.credit.close();
             let _ = op
                 .events
                 .try_send(ProcEvent::Failed(ErrorKind::ConnectionLost {
@@ -275,7 +316,7 @@ impl Driver {
                 credit,
             } => ops.push(Op::new(id, kind, events, full, credit, false)),
             Request::Stdin { id, data } => {
-                if let Some(op) = ops.iter_mut().find(|o| o.id == id) {
+                if let Some(op) = ops.iter_mut().find(|o| o.id == id && !o.stdin_eof) {
                     op.stdin.push_back(data);
                 } else {
                     // The channel is gone; nothing will consume the credit the writer took.
@@ -300,52 +341,71 @@ impl Driver {
             }
             return;
         };
-        let pid = op.pid;
         // Whatever the command still prints, nobody reads it any more.
         op.internal = true;
         op.stdin.clear();
         op.stdin_eof = true;
-        op.state = match std::mem::replace(&mut op.state, State::Done) {
-            State::Running(ch) | State::Starting(ch) | State::Closing(ch) => State::Closing(ch),
-            State::Opening | State::Done => State::Done,
-        };
-        match pid {
-            Some(pid) => {
-                let script = format!(
-                    "kill -TERM -- -{pid} 2>/dev/null; i=0; while kill -0 -- -{pid} 2>/dev/null && [ $i -lt 20 ]; \
-                     do sleep 0.1; i=$((i+1)); done; kill -KILL -- -{pid} 2>/dev/null; true"
-                );
-                let (events, _) = mpsc::channel(1);
-                let kill_id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                let mut kill = Op::new(
-                    kill_id,
-                    OpenKind::Exec { script, pty: false },
-                    events,
-                    Arc::default(),
-                    Arc::new(Semaphore::new(0)),
-                    true,
-                );
-                kill.stdin_eof = true;
-                kill.on_done.extend(done);
+        op.credit.close();
+        op.on_done.extend(done);
+        let may_run = op.exec_sent || matches!(op.state, State::Running(_));
+        match (op.pid, may_run) {
+            (Some(pid), _) => {
+                let kill = self.kill_op(pid, std::mem::take(&mut op.on_done));
+                op.close();
                 ops.push(kill);
             }
-            None => {
-                if let Some(done) = done {
-                    let _ = done.send(());
-                }
-            }
+            // The command may have started but its pid line is not here yet: keep reading
+            // until it is (it is the first thing the command prints), then kill.
+            (None, true) => op.kill_pending = Some(Instant::now() + PID_WAIT),
+            // Never started: closing the channel is all there is to do.
+            (None, false) => op.close(),
         }
+    }
+
+    /// An internal op running the POSIX terminate script for process group `pid`.
+    fn kill_op(&self, pid: u32, done: Vec<oneshot::Sender<()>>) -> Op {
+        let script = crate::command::login_shell_line(&crate::command::terminate_script(pid));
+        let (events, _) = mpsc::channel(1);
+        let kill_id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut kill = Op::new(
+            kill_id,
+            OpenKind::Exec { script, pty: false },
+            events,
+            Arc::default(),
+            Arc::new(Semaphore::new(0)),
+            true,
+        );
+        kill.stdin_eof = true;
+        kill.on_done = done;
+        kill
     }
 
     /// Advances every channel as far as it goes without blocking. `Err` ends the connection.
     fn step_all(&self, ops: &mut Vec<Op>, opening: &mut Option<u64>) -> Result<bool, String> {
         let mut progress = false;
+        let mut kills = Vec::new();
         for op in ops.iter_mut() {
             progress |= self.step(op, opening)?;
+            if let Some(deadline) = op.kill_pending {
+                if let Some(pid) = op.pid {
+                    op.kill_pending = None;
+                    kills.push(self.kill_op(pid, std::mem::take(&mut op.on_done)));
+                    op.close();
+                } else if matches!(op.state, State::Done | State::Closing(_)) {
+                    op.kill_pending = None; // it ended by itself
+                } else if Instant::now() > deadline {
+                    tracing::debug!(host = %self.host, id = op.id, "no pid line from a terminated command; closing its channel");
+                    op.kill_pending = None;
+                    op.close();
+                }
+            }
         }
+        progress |= !kills.is_empty();
+        ops.extend(kills);
         let before = ops.len();
         ops.retain_mut(|op| {
             if matches!(op.state, State::Done) && op.parked.is_none() {
+                op.credit.close();
                 for done in op.on_done.drain(..) {
                     let _ = done.send(());
                 }
@@ -427,6 +487,7 @@ impl Driver {
                         }
                     }
                 }
+                op.exec_sent = true;
                 match ch.exec(script) {
                     Ok(()) => {
                         op.state = State::Running(ch);
@@ -521,7 +582,17 @@ impl Op {
             on_done: Vec::new(),
             internal,
             pty_ready: false,
+            exec_sent: false,
+            kill_pending: None,
         }
+    }
+
+    /// Closes the channel (if open) without waiting for the command.
+    fn close(&mut self) {
+        self.state = match std::mem::replace(&mut self.state, State::Done) {
+            State::Running(ch) | State::Starting(ch) | State::Closing(ch) => State::Closing(ch),
+            State::Opening | State::Done => State::Done,
+        };
     }
 
     /// Sends the last event; the op is done once it is delivered.

@@ -6,13 +6,12 @@ mod cache;
 mod connect;
 mod driver;
 mod keys;
-mod sftp;
 mod target;
 
 pub use target::{HostKeyPolicy, SshOptions};
 
 use crate::error::ErrorKind;
-use crate::process::{ProcEvent, Process};
+use crate::process::{ProcEvent, Process, StdinWriter};
 use crate::{Command, Transport};
 use async_trait::async_trait;
 use driver::{Connection, OpenKind, Request};
@@ -73,15 +72,88 @@ fn raise_fd_limit() {
     }
 }
 
-/// Connects through every bastion in turn, then to the target.
+/// Connects through every bastion in turn, then to the target. Bastions are shared: every
+/// site behind the same chain uses one connection per bastion (see [`shared_bastion`]).
 async fn open(opts: SshOptions) -> Result<Connection, ErrorKind> {
     let target = target::resolve(&opts)?;
     let mut via: Option<Connection> = None;
+    let mut chain = String::new();
     for spec in &target.jumps {
         let jump = target::resolve(&target::jump_options(spec, &opts))?;
-        via = Some(connect_one(&jump, via.as_ref()).await?);
+        // Everything that makes two bastion connections different goes into the key.
+        chain.push_str(&format!("{jump:?}\n"));
+        via = Some(shared_bastion(&chain, &jump, via.as_ref()).await?);
     }
     connect_one(&target, via.as_ref()).await
+}
+
+/// A bastion's connection as the process-wide table keeps it: weakly while it works (the
+/// sites' forwarded channels keep it open, and it closes when the last one is done), or
+/// the reason it failed, so that 500 sites behind a dead bastion fail once, not 500 times.
+enum BastionSlot {
+    Empty,
+    Up(driver::WeakConnection),
+    Failed {
+        reason: String,
+        at: std::time::Instant,
+    },
+}
+
+/// How long a bastion's failure stands before the next site may try it again.
+const BASTION_RETRY: Duration = Duration::from_secs(30);
+
+/// The connection to the bastion reached by `chain`, opened at most once however many
+/// sites sit behind it (OpenSSH's stock `MaxStartups 10:30:100` drops connections well
+/// before 200 sites open their own). Sites open `direct-tcpip` channels over it, one at a
+/// time, as the connection's driver does for every channel.
+async fn shared_bastion(
+    chain: &str,
+    jump: &target::Target,
+    via: Option<&Connection>,
+) -> Result<Connection, ErrorKind> {
+    type Table =
+        std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<BastionSlot>>>>;
+    static BASTIONS: OnceLock<Table> = OnceLock::new();
+    let slot = BASTIONS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .entry(chain.to_owned())
+        .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(BastionSlot::Empty)))
+        .clone();
+    // Sites behind a bastion being connected wait here for that one connection.
+    let mut slot = slot.lock().await;
+    match &*slot {
+        BastionSlot::Up(weak) => {
+            if let Some(conn) = weak.upgrade().filter(Connection::is_alive) {
+                return Ok(conn);
+            }
+        }
+        BastionSlot::Failed { reason, at } if at.elapsed() < BASTION_RETRY => {
+            return Err(ErrorKind::Bastion {
+                bastion: jump.alias.clone(),
+                reason: reason.clone(),
+            });
+        }
+        _ => {}
+    }
+    match connect_one(jump, via).await {
+        Ok(conn) => {
+            *slot = BastionSlot::Up(conn.downgrade());
+            Ok(conn)
+        }
+        Err(kind) => {
+            let reason = kind.to_string();
+            *slot = BastionSlot::Failed {
+                reason: reason.clone(),
+                at: std::time::Instant::now(),
+            };
+            Err(ErrorKind::Bastion {
+                bastion: jump.alias.clone(),
+                reason,
+            })
+        }
+    }
 }
 
 async fn connect_one(
@@ -126,7 +198,8 @@ impl SshTransport {
 impl Transport for SshTransport {
     async fn spawn(&self, command: &Command) -> Result<Box<dyn Process>, ErrorKind> {
         let conn = self.connection().await?;
-        let script = command.remote_script(Some(&conn.pid_marker));
+        let script =
+            crate::command::login_shell_line(&command.remote_script(Some(&conn.pid_marker)));
         Ok(Box::new(SshProcess::open(
             &conn,
             OpenKind::Exec {
@@ -141,21 +214,11 @@ impl Transport for SshTransport {
     }
 
     async fn upload(&self, local: &Path, remote: &str) -> Result<(), ErrorKind> {
-        let opts = self.opts.clone();
-        let (local, remote) = (local.to_owned(), remote.to_owned());
-        runtime()
-            .spawn(async move { sftp::upload(opts, &local, &remote).await })
-            .await
-            .map_err(|e| ErrorKind::Transfer(format!("transfer task failed: {e}")))?
+        crate::stream_transfer::upload(self, local, remote).await
     }
 
     async fn download(&self, remote: &str, local: &Path) -> Result<(), ErrorKind> {
-        let opts = self.opts.clone();
-        let (local, remote) = (local.to_owned(), remote.to_owned());
-        runtime()
-            .spawn(async move { sftp::download(opts, &remote, &local).await })
-            .await
-            .map_err(|e| ErrorKind::Transfer(format!("transfer task failed: {e}")))?
+        crate::stream_transfer::download(self, remote, local).await
     }
 
     fn describe(&self) -> String {
@@ -262,6 +325,14 @@ impl Process for SshProcess {
         let _ = self.conn.tx.send(Request::Eof { id: self.id });
     }
 
+    fn split_stdin(&mut self) -> Option<Box<dyn StdinWriter>> {
+        Some(Box::new(SshStdin {
+            tx: self.conn.tx.clone(),
+            id: self.id,
+            credit: self.credit.clone(),
+        }))
+    }
+
     async fn terminate(&mut self) {
         if self.finished {
             return;
@@ -282,6 +353,42 @@ impl Process for SshProcess {
     }
 }
 
+/// A channel's stdin: bytes go to the driver as credit allows (the driver returns credit
+/// as it writes them to the channel; closed credit means the channel is gone).
+struct SshStdin {
+    tx: mpsc::UnboundedSender<Request>,
+    id: u64,
+    credit: Arc<Semaphore>,
+}
+
+#[async_trait]
+impl StdinWriter for SshStdin {
+    async fn write(&mut self, data: &[u8]) -> Result<usize, ErrorKind> {
+        let n = data.len().min(32 * 1024);
+        if n == 0 {
+            return Ok(0);
+        }
+        // The only await: cancelled here, nothing was taken or sent.
+        let permits = self
+            .credit
+            .acquire_many(n as u32)
+            .await
+            .map_err(|_| ErrorKind::Channel("stdin closed".into()))?;
+        permits.forget();
+        self.tx
+            .send(Request::Stdin {
+                id: self.id,
+                data: data[..n].to_vec(),
+            })
+            .map_err(|_| ErrorKind::Channel("stdin closed".into()))?;
+        Ok(n)
+    }
+
+    async fn close(&mut self) {
+        let _ = self.tx.send(Request::Eof { id: self.id });
+    }
+}
+
 impl Drop for SshProcess {
     fn drop(&mut self) {
         if !self.finished {
@@ -291,10 +398,7 @@ impl Drop for SshProcess {
                 done: Some(done),
             };
             if self.conn.tx.send(request).is_ok() {
-                pending_terminations()
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(wait);
+                register_termination(wait);
             }
         }
     }
@@ -304,6 +408,15 @@ impl Drop for SshProcess {
 fn pending_terminations() -> &'static std::sync::Mutex<Vec<oneshot::Receiver<()>>> {
     static PENDING: OnceLock<std::sync::Mutex<Vec<oneshot::Receiver<()>>>> = OnceLock::new();
     PENDING.get_or_init(Default::default)
+}
+
+/// Records a termination under way (started by dropping a running command), for
+/// [`flush_terminations`] to wait for.
+pub(crate) fn register_termination(wait: oneshot::Receiver<()>) {
+    pending_terminations()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(wait);
 }
 
 /// Waits (at most `limit`) until every command cancelled by dropping its future has been
