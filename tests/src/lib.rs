@@ -45,6 +45,22 @@ pub struct Fleet {
     /// A site the ssh_config reaches through the bastion (`ProxyJump bastion`). Its sshd also
     /// has an ECDSA host key (`host_ecdsa` in `dir`) that known_hosts does not list.
     pub proxied: FleetSite,
+    /// One site per login shell (`shell-dash`, `shell-bash`, `shell-busybox`, `shell-zsh`,
+    /// `shell-fish`), each logging in as a user of its own whose login shell that is. Their
+    /// known_hosts entries are hashed (`HashKnownHosts yes`, Debian's client default).
+    pub shells: Vec<ShellSite>,
+    /// A bastion with OpenSSH's stock limits (`MaxStartups 10:30:100`, `MaxSessions 10`).
+    /// Every ordinary site `siteNNN` is also reachable through it as `jsiteNNN`.
+    pub stock_bastion: FleetSite,
+    /// A host whose sshd has only an RSA host key (known_hosts lists only that, hashed).
+    pub rsa_only: FleetSite,
+    /// A host whose sshd offers OpenSSH's default key exchange list (the others pin one).
+    pub default_kex: FleetSite,
+    /// The round trip the delay proxy adds to every connection, in milliseconds (0: none,
+    /// the sites are reached directly).
+    pub rtt_ms: u64,
+    /// The delay proxy's pid, when `rtt_ms` > 0.
+    pub proxy: Option<u32>,
     /// The sshd processes `fleet up` started.
     pub processes: Vec<FleetProcess>,
     /// The fleet's reaper: the parent of every sshd, and a child subreaper, so that the
@@ -57,11 +73,28 @@ pub struct Fleet {
 /// One site of the fleet.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FleetSite {
+    /// The ssh_config alias.
     pub name: String,
+    /// Where clients connect (the delay proxy's address in latency mode).
     pub addr: String,
     pub port: u16,
     /// Index into [`Fleet::processes`] of the sshd serving this site.
     pub process: usize,
+    /// The user the ssh_config logs in as (`None`: the fleet's [`Fleet::user`]).
+    #[serde(default)]
+    pub user: Option<String>,
+}
+
+/// A site whose user has a particular login shell.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ShellSite {
+    pub site: FleetSite,
+    /// `dash`, `bash`, `busybox`, `zsh` or `fish`.
+    pub shell: String,
+    /// The login shell's path as `/etc/passwd` has it.
+    pub path: PathBuf,
+    /// The user logging in (also [`FleetSite::user`]).
+    pub user: String,
 }
 
 /// One sshd process of the fleet.
@@ -108,9 +141,29 @@ impl Fleet {
             .unwrap_or_else(|| panic!("the fleet has no site {name}"))
     }
 
-    /// Every site: the ordinary ones, then the bastion and the proxied site.
+    /// Every site: the ordinary ones, the bastion and the proxied site, the login-shell
+    /// sites, the stock bastion, the RSA-only and the default-KEX hosts.
     pub fn all_sites(&self) -> impl Iterator<Item = &FleetSite> {
-        self.sites.iter().chain([&self.bastion, &self.proxied])
+        self.sites
+            .iter()
+            .chain([&self.bastion, &self.proxied])
+            .chain(self.shells.iter().map(|s| &s.site))
+            .chain([&self.stock_bastion, &self.rsa_only, &self.default_kex])
+    }
+
+    /// The ssh_config alias reaching ordinary site `site` through the stock bastion.
+    pub fn via_stock_bastion(&self, site: &FleetSite) -> String {
+        format!("j{}", site.name)
+    }
+
+    /// The user `site` logs in as.
+    pub fn user_of<'a>(&'a self, site: &'a FleetSite) -> &'a str {
+        site.user.as_deref().unwrap_or(&self.user)
+    }
+
+    /// Every test user of the fleet: the main one and one per login shell.
+    pub fn users(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.user.as_str()).chain(self.shells.iter().map(|s| s.user.as_str()))
     }
 
     /// The log file of the sshd serving `site`.

@@ -160,7 +160,13 @@ pub fn run(opts: Options) -> Result<()> {
     };
 
     let dir = fleet::dir();
-    let fleet = fleet::up(&dir, opts.sites)?;
+    let fleet = fleet::up(
+        &dir,
+        fleet::Options {
+            sites: opts.sites,
+            rtt_ms: 0,
+        },
+    )?;
     let result = bench(&opts, &fleet, &polyshell, &transfer, &peers, &root);
     let downed = fleet::down(&dir);
     result?;

@@ -1,13 +1,25 @@
-//! The throwaway SSH test fleet: real `sshd` processes on loopback addresses.
+//! The throwaway SSH test fleet: real `sshd` processes on loopback addresses, as varied as
+//! real fleets are.
 //!
 //! Layout: site `siteNNN` listens on `127.77.X.Y:2222`; one sshd process serves at most 16
 //! addresses (sshd's limit on `ListenAddress`). The bastion (`127.78.0.1`) and the proxied
 //! site (`127.78.0.2`, reached with `ProxyJump bastion`) have an sshd each, the bastion's
-//! logging at debug level so tests can see its forwarding.
+//! logging at debug level so tests can see its forwarding. Then, each with an sshd of its own:
+//! - `shell-dash`, `shell-bash`, `shell-busybox`, `shell-zsh`, `shell-fish` (`127.78.1.N`):
+//!   a user per login shell, each with the same key, password and sudo rights;
+//! - `stock-bastion` (`127.78.2.1`): OpenSSH's stock `MaxStartups 10:30:100` and
+//!   `MaxSessions 10`; every `siteNNN` is also `jsiteNNN`, reached through it;
+//! - `rsa-only` (`127.78.3.1`, only an RSA host key) and `default-kex` (`127.78.3.2`,
+//!   OpenSSH's default key exchange list; the others pin curve25519 so every client in the
+//!   bench does the same work). The login-shell sites and these two are recorded hashed in
+//!   known_hosts, as Debian's `HashKnownHosts yes` writes them.
+//!
+//! With `--rtt MS`, every site is reached through the delay proxy (`proxy.rs`) on port 2200
+//! of its address, which delivers each chunk `MS/2` later in each direction.
 
 use crate::packages::set_mode;
 use anyhow::{bail, Context, Result};
-use polyshell_tests::{Fleet, FleetProcess, FleetSite};
+use polyshell_tests::{Fleet, FleetProcess, FleetSite, ShellSite};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::net::{SocketAddr, TcpStream};
@@ -19,8 +31,20 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_SITES: usize = 8;
 pub const MAX_SITES: usize = 2000;
 const PORT: u16 = 2222;
+/// Where the delay proxy listens in latency mode, on each site's address.
+const PROXY_PORT: u16 = 2200;
 const PER_PROCESS: usize = 16;
 const USER: &str = "polytest";
+/// The login-shell users are `polysh-SHELL`.
+const SHELL_USER_PREFIX: &str = "polysh-";
+/// Each login shell of the fleet, and where it may be installed.
+const LOGIN_SHELLS: &[(&str, &[&str])] = &[
+    ("dash", &["/bin/dash", "/usr/bin/dash"]),
+    ("bash", &["/bin/bash", "/usr/bin/bash"]),
+    ("busybox", &["/bin/busybox", "/usr/bin/busybox"]),
+    ("zsh", &["/usr/bin/zsh", "/bin/zsh"]),
+    ("fish", &["/usr/bin/fish", "/bin/fish"]),
+];
 const SUDOERS: &str = "/etc/sudoers.d/polyshell-fleet";
 const SSHD: &str = "/usr/sbin/sshd";
 
@@ -39,7 +63,15 @@ fn site_addr(index: usize) -> String {
     format!("127.77.{}.{}", index / 250, index % 250 + 1)
 }
 
-pub fn up(dir: &Path, n: usize) -> Result<Fleet> {
+/// How a fleet is started.
+#[derive(Debug, Clone, Copy)]
+pub struct Options {
+    pub sites: usize,
+    /// Round trip added by the delay proxy, in milliseconds (0: no proxy).
+    pub rtt_ms: u64,
+}
+
+pub fn up(dir: &Path, opts: Options) -> Result<Fleet> {
     if !crate::packages::is_root() {
         bail!("the fleet needs root: it starts sshd and creates the test user {USER}");
     }
@@ -65,13 +97,23 @@ pub fn up(dir: &Path, n: usize) -> Result<Fleet> {
         "ecdsa",
         "polyshell-fleet-host-ecdsa",
     )?;
+    keygen(&dir.join("host_rsa"), "rsa", "polyshell-fleet-host-rsa")?;
     keygen(&identity, "ed25519", "polyshell-fleet-client")?;
     keygen(&ecdsa_identity, "ecdsa", "polyshell-fleet-client-ecdsa")?;
     let password = random_hex(12)?;
-    setup_user(&[&identity, &ecdsa_identity], &password)?;
-    setup_sudo()?;
+    let shells = login_shells(dir)?;
+    let mut users = vec![(USER.to_owned(), PathBuf::from("/bin/bash"))];
+    users.extend(
+        shells
+            .iter()
+            .map(|(name, path)| (shell_user(name), path.clone())),
+    );
+    for (user, shell) in &users {
+        setup_user(user, shell, &[&identity, &ecdsa_identity], &password)?;
+    }
+    setup_sudo(&users)?;
 
-    let result = start(dir, n, &host_key, &identity, &password);
+    let result = start(dir, opts, &shells, &host_key, &identity, &password);
     if result.is_err() {
         // Leave nothing behind: a half-started fleet is taken down again.
         if let Err(err) = down(dir) {
@@ -81,29 +123,90 @@ pub fn up(dir: &Path, n: usize) -> Result<Fleet> {
     result
 }
 
-fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str) -> Result<Fleet> {
+fn shell_user(shell: &str) -> String {
+    format!("{SHELL_USER_PREFIX}{shell}")
+}
+
+/// The login shells to test and their paths. busybox becomes `sh` through a link named
+/// `sh` (sshd runs the login shell as `basename -c COMMAND`, and busybox picks its applet
+/// by that name).
+fn login_shells(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    for (name, candidates) in LOGIN_SHELLS {
+        let Some(path) = candidates.iter().map(Path::new).find(|p| p.exists()) else {
+            bail!("the login shell {name} is not installed (looked at {candidates:?})");
+        };
+        let path = if *name == "busybox" {
+            let link_dir = dir.join("busybox");
+            std::fs::create_dir_all(&link_dir)?;
+            set_mode(&link_dir, 0o755)?;
+            let link = link_dir.join("sh");
+            std::os::unix::fs::symlink(path, &link)
+                .with_context(|| format!("linking {}", link.display()))?;
+            link
+        } else {
+            path.to_owned()
+        };
+        found.push((name.to_string(), path));
+    }
+    Ok(found)
+}
+
+/// What an sshd of the fleet is set up as.
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    /// Limits raised far above OpenSSH's (hundreds of clients connect at once), KEX pinned.
+    Fleet,
+    /// OpenSSH's stock limits, KEX pinned.
+    StockLimits,
+    /// Limits raised, OpenSSH's default KEX list.
+    DefaultKex,
+}
+
+fn start(
+    dir: &Path,
+    opts: Options,
+    shells: &[(String, PathBuf)],
+    host_key: &Path,
+    identity: &Path,
+    password: &str,
+) -> Result<Fleet> {
+    let n = opts.sites;
     let penalties = supports_per_source_penalties(dir, host_key)?;
+    let site = |name: String, addr: String, process: usize| FleetSite {
+        name,
+        addr,
+        port: PORT,
+        process,
+        user: None,
+    };
     let mut sites: Vec<FleetSite> = (0..n)
-        .map(|i| FleetSite {
-            name: format!("site{:03}", i + 1),
-            addr: site_addr(i),
-            port: PORT,
-            process: i / PER_PROCESS,
-        })
+        .map(|i| site(format!("site{:03}", i + 1), site_addr(i), i / PER_PROCESS))
         .collect();
     let groups = n.div_ceil(PER_PROCESS);
-    let bastion = FleetSite {
-        name: "bastion".into(),
-        addr: "127.78.0.1".into(),
-        port: PORT,
-        process: groups,
-    };
-    let proxied = FleetSite {
-        name: "proxied".into(),
-        addr: "127.78.0.2".into(),
-        port: PORT,
-        process: groups + 1,
-    };
+    let bastion = site("bastion".into(), "127.78.0.1".into(), groups);
+    let proxied = site("proxied".into(), "127.78.0.2".into(), groups + 1);
+    let shell_sites: Vec<ShellSite> = shells
+        .iter()
+        .enumerate()
+        .map(|(i, (name, path))| {
+            let mut s = site(
+                format!("shell-{name}"),
+                format!("127.78.1.{}", i + 1),
+                groups + 2,
+            );
+            s.user = Some(shell_user(name));
+            ShellSite {
+                site: s,
+                shell: name.clone(),
+                path: path.clone(),
+                user: shell_user(name),
+            }
+        })
+        .collect();
+    let stock_bastion = site("stock-bastion".into(), "127.78.2.1".into(), groups + 3);
+    let rsa_only = site("rsa-only".into(), "127.78.3.1".into(), groups + 4);
+    let default_kex = site("default-kex".into(), "127.78.3.2".into(), groups + 5);
 
     let mut fleet = Fleet {
         dir: dir.to_path_buf(),
@@ -116,21 +219,70 @@ fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str)
         sites: Vec::new(),
         bastion,
         proxied,
+        shells: shell_sites,
+        stock_bastion,
+        rsa_only,
+        default_kex,
+        rtt_ms: opts.rtt_ms,
+        proxy: None,
         processes: Vec::new(),
         reaper: None,
     };
     // The proxied site also offers an ECDSA host key that known_hosts does not list: a test
     // records only that one, and the client must negotiate it rather than its preferred type.
     let host_ecdsa = dir.join("host_ecdsa");
+    let host_rsa = dir.join("host_rsa");
     let ed25519_only = vec![host_key];
-    let mut plan: Vec<(Vec<&FleetSite>, &str, Vec<&Path>)> = sites
+    type Group<'a> = (Vec<&'a FleetSite>, &'a str, Vec<&'a Path>, Kind);
+    let mut plan: Vec<Group> = sites
         .chunks(PER_PROCESS)
-        .map(|group| (group.iter().collect(), "VERBOSE", ed25519_only.clone()))
+        .map(|group| {
+            (
+                group.iter().collect(),
+                "VERBOSE",
+                ed25519_only.clone(),
+                Kind::Fleet,
+            )
+        })
         .collect();
-    plan.push((vec![&fleet.bastion], "DEBUG1", ed25519_only.clone()));
-    plan.push((vec![&fleet.proxied], "VERBOSE", vec![host_key, &host_ecdsa]));
+    plan.push((
+        vec![&fleet.bastion],
+        "DEBUG1",
+        ed25519_only.clone(),
+        Kind::Fleet,
+    ));
+    plan.push((
+        vec![&fleet.proxied],
+        "VERBOSE",
+        vec![host_key, &host_ecdsa],
+        Kind::Fleet,
+    ));
+    plan.push((
+        fleet.shells.iter().map(|s| &s.site).collect(),
+        "VERBOSE",
+        ed25519_only.clone(),
+        Kind::Fleet,
+    ));
+    plan.push((
+        vec![&fleet.stock_bastion],
+        "VERBOSE",
+        ed25519_only.clone(),
+        Kind::StockLimits,
+    ));
+    plan.push((
+        vec![&fleet.rsa_only],
+        "VERBOSE",
+        vec![&host_rsa],
+        Kind::Fleet,
+    ));
+    plan.push((
+        vec![&fleet.default_kex],
+        "VERBOSE",
+        ed25519_only.clone(),
+        Kind::DefaultKex,
+    ));
     let mut configs = Vec::new();
-    for (index, (group, log_level, host_keys)) in plan.iter().enumerate() {
+    for (index, (group, log_level, host_keys, kind)) in plan.iter().enumerate() {
         let config = dir.join(format!("sshd-{index:03}.conf"));
         let log = dir.join(format!("sshd-{index:03}.log"));
         std::fs::write(
@@ -141,6 +293,7 @@ fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str)
                 &dir.join(format!("sshd-{index:03}.pid")),
                 log_level,
                 penalties,
+                *kind,
             ),
         )?;
         check_sshd_config(&config)?;
@@ -149,36 +302,98 @@ fn start(dir: &Path, n: usize, host_key: &Path, identity: &Path, password: &str)
     spawn_under_reaper(&mut fleet, configs)?;
     fleet.sites = std::mem::take(&mut sites);
     wait_listening(&fleet)?;
+    if opts.rtt_ms > 0 {
+        crate::proxy::start(&mut fleet, PROXY_PORT)?;
+        write_fleet(dir, &fleet)?;
+        wait_listening(&fleet)?;
+    }
 
-    let host_pub = std::fs::read_to_string(host_key.with_extension("pub"))?;
-    let host_pub: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    let pub_key = |path: &Path| -> Result<String> {
+        let text = std::fs::read_to_string(path.with_extension("pub"))?;
+        Ok(text
+            .split_whitespace()
+            .take(2)
+            .collect::<Vec<_>>()
+            .join(" "))
+    };
+    let ed25519_pub = pub_key(host_key)?;
+    let rsa_pub = pub_key(&host_rsa)?;
     let mut known_hosts = String::new();
+    let mut to_hash = String::new();
     let mut ssh_config =
         String::from("# Generated by `cargo xtask fleet up`: every site of the test fleet.\n");
+    let hashed: Vec<&str> = fleet
+        .shells
+        .iter()
+        .map(|s| s.site.name.as_str())
+        .chain([
+            fleet.rsa_only.name.as_str(),
+            fleet.default_kex.name.as_str(),
+        ])
+        .collect();
     for site in fleet.all_sites() {
-        writeln!(
-            known_hosts,
-            "[{}]:{} {}",
-            site.addr,
-            site.port,
-            host_pub.join(" ")
-        )?;
+        let key = if site.name == fleet.rsa_only.name {
+            &rsa_pub
+        } else {
+            &ed25519_pub
+        };
+        let line = format!("[{}]:{} {key}\n", site.addr, site.port);
+        if hashed.contains(&site.name.as_str()) {
+            to_hash.push_str(&line);
+        } else {
+            known_hosts.push_str(&line);
+        }
         writeln!(ssh_config, "Host {}\n  HostName {}", site.name, site.addr)?;
+        if let Some(user) = &site.user {
+            writeln!(ssh_config, "  User {user}")?;
+        }
         if site.name == fleet.proxied.name {
             writeln!(ssh_config, "  ProxyJump {}", fleet.bastion.name)?;
         }
     }
+    for site in &fleet.sites {
+        writeln!(
+            ssh_config,
+            "Host {}\n  HostName {}\n  ProxyJump {}",
+            fleet.via_stock_bastion(site),
+            site.addr,
+            fleet.stock_bastion.name
+        )?;
+    }
+    let port = fleet.sites.first().map_or(PORT, |s| s.port);
     write!(
         ssh_config,
-        "Host *\n  Port {PORT}\n  User {USER}\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+        "Host *\n  Port {port}\n  User {USER}\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
          UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n  BatchMode yes\n",
         identity.display(),
         fleet.known_hosts.display()
     )?;
+    known_hosts.push_str(&hash_known_hosts(dir, &to_hash)?);
     std::fs::write(&fleet.known_hosts, known_hosts)?;
     std::fs::write(&fleet.ssh_config, ssh_config)?;
     write_fleet(dir, &fleet)?;
     Ok(fleet)
+}
+
+/// `lines` of known_hosts with their host names hashed, by `ssh-keygen -H` itself.
+fn hash_known_hosts(dir: &Path, lines: &str) -> Result<String> {
+    let file = dir.join("known_hosts.to_hash");
+    std::fs::write(&file, lines)?;
+    run_checked(
+        Command::new("ssh-keygen")
+            .arg("-q")
+            .arg("-H")
+            .arg("-f")
+            .arg(&file)
+            .stdout(Stdio::null()),
+    )?;
+    let hashed = std::fs::read_to_string(&file)?;
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(file.with_extension("to_hash.old"));
+    if !hashed.lines().all(|l| l.starts_with("|1|")) {
+        bail!("ssh-keygen -H left unhashed lines: {hashed}");
+    }
+    Ok(hashed)
 }
 
 fn write_fleet(dir: &Path, fleet: &Fleet) -> Result<()> {
@@ -194,16 +409,25 @@ fn sshd_config(
     pid_file: &Path,
     log_level: &str,
     penalties: bool,
+    kind: Kind,
 ) -> String {
     let mut c = String::from("# Generated by `cargo xtask fleet up`.\n");
     for site in sites {
-        let _ = writeln!(c, "ListenAddress {}:{}", site.addr, site.port);
+        let _ = writeln!(c, "ListenAddress {}:{PORT}", site.addr);
     }
     for key in host_keys {
         let _ = writeln!(c, "HostKey {}", key.display());
     }
     let _ = write!(c, "PidFile {}\nLogLevel {log_level}\n", pid_file.display());
     c.push_str(SSHD_COMMON);
+    c.push_str(match kind {
+        Kind::Fleet | Kind::DefaultKex => "MaxStartups 2000:30:4000\nMaxSessions 200\n",
+        // What sshd_config(5) gives as the defaults, written out for whoever reads the file.
+        Kind::StockLimits => "MaxStartups 10:30:100\nMaxSessions 10\n",
+    });
+    if kind != Kind::DefaultKex {
+        c.push_str("KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org\n");
+    }
     if penalties {
         // OpenSSH >= 9.8 would otherwise lock loopback out after the fault tests' failures.
         c.push_str("PerSourcePenalties no\n");
@@ -211,10 +435,10 @@ fn sshd_config(
     c
 }
 
-/// Settings shared by every fleet sshd. One KEX is pinned so every client (ours and the
-/// peers in `cargo xtask bench`) does the same work per connection.
+/// Settings shared by every fleet sshd. One KEX is pinned (but on `default-kex`) so every
+/// client (ours and the peers in `cargo xtask bench`) does the same work per connection.
 const SSHD_COMMON: &str = "\
-AllowUsers polytest
+AllowUsers polytest polysh-*
 AuthenticationMethods publickey
 PubkeyAuthentication yes
 PasswordAuthentication no
@@ -225,9 +449,6 @@ UseDNS no
 PrintMotd no
 StrictModes yes
 LoginGraceTime 30
-MaxStartups 2000:30:4000
-MaxSessions 200
-KexAlgorithms curve25519-sha256,curve25519-sha256@libssh.org
 AllowTcpForwarding yes
 Subsystem sftp internal-sftp
 ";
@@ -380,11 +601,14 @@ fn wait_listening(fleet: &Fleet) -> Result<()> {
     Ok(())
 }
 
+/// The site's sshd answers (and, in latency mode, the proxy in front of it).
 fn answers(site: &FleetSite) -> bool {
     let Ok(ip) = site.addr.parse() else {
         return false;
     };
-    TcpStream::connect_timeout(&SocketAddr::new(ip, site.port), Duration::from_millis(200)).is_ok()
+    [PORT, site.port].iter().all(|&port| {
+        TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(200)).is_ok()
+    })
 }
 
 pub fn down(dir: &Path) -> Result<()> {
@@ -410,6 +634,11 @@ pub fn down(dir: &Path) -> Result<()> {
         victims.push(process.pid);
         descendants(&table, process.pid, &mut victims);
     }
+    if let Some(proxy) = fleet.proxy {
+        if cmdline(proxy).contains("fleet-proxy") {
+            victims.push(proxy);
+        }
+    }
     if let Some(reaper) = fleet.reaper {
         if cmdline(reaper).contains("fleet-reaper") {
             // Whatever it adopted goes too; it would exit by itself once the sshds are gone.
@@ -417,11 +646,11 @@ pub fn down(dir: &Path) -> Result<()> {
             victims.push(reaper);
         }
     }
-    let uid = user_uid(USER);
-    if let Some(uid) = uid {
-        // Whatever the test user still runs was started through the fleet (e.g. a daemonized
+    let users = test_users();
+    for (_, uid) in &users {
+        // Whatever a test user still runs was started through the fleet (e.g. a daemonized
         // test process): it goes too.
-        victims.extend(table.iter().filter(|p| p.uid == uid).map(|p| p.pid));
+        victims.extend(table.iter().filter(|p| p.uid == *uid).map(|p| p.pid));
     }
     victims.sort_unstable();
     victims.dedup();
@@ -429,18 +658,20 @@ pub fn down(dir: &Path) -> Result<()> {
     let stopped = victims.len();
 
     let _ = std::fs::remove_file(SUDOERS);
-    if uid.is_some() {
+    for (user, _) in &users {
         let status = Command::new("userdel")
-            .args(["-r", "-f", USER])
+            .args(["-r", "-f", user])
             .stderr(Stdio::null())
             .status()?;
         if !status.success() {
-            eprintln!("xtask: userdel {USER} failed ({status})");
+            eprintln!("xtask: userdel {user} failed ({status})");
         }
     }
     std::fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+    let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
     println!(
-        "fleet down: stopped {stopped} processes, removed user {USER} and {}",
+        "fleet down: stopped {stopped} processes, removed users {} and {}",
+        names.join(", "),
         dir.display()
     );
     Ok(())
@@ -472,12 +703,29 @@ pub fn status(dir: &Path) -> Result<bool> {
         fleet.proxied.name,
         fleet.bastion.name
     );
+    let shells: Vec<&str> = fleet.shells.iter().map(|s| s.site.name.as_str()).collect();
+    println!("  login shells: {}", shells.join(", "));
     println!(
-        "  user {}, ssh_config {}",
-        fleet.user,
+        "  stock-limits bastion {} (sites as jsiteNNN), {}, {}",
+        fleet.stock_bastion.name, fleet.rsa_only.name, fleet.default_kex.name
+    );
+    let proxy_up = fleet.proxy.is_some_and(alive);
+    match fleet.rtt_ms {
+        0 => println!("  no latency (sites reached directly)"),
+        ms => println!(
+            "  {ms} ms round trip through the delay proxy (pid {}, {})",
+            fleet.proxy.unwrap_or(0),
+            if proxy_up { "running" } else { "NOT RUNNING" }
+        ),
+    }
+    println!(
+        "  users {}, ssh_config {}",
+        fleet.users().collect::<Vec<_>>().join(", "),
         fleet.ssh_config.display()
     );
-    Ok(running == fleet.processes.len() && listening == sites.len())
+    Ok(running == fleet.processes.len()
+        && listening == sites.len()
+        && (fleet.rtt_ms == 0 || proxy_up))
 }
 
 fn keygen(path: &Path, kind: &str, comment: &str) -> Result<()> {
@@ -499,20 +747,27 @@ fn random_hex(bytes: usize) -> Result<String> {
     Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-fn setup_user(identities: &[&Path], password: &str) -> Result<()> {
-    if user_uid(USER).is_none() {
-        run_checked(Command::new("useradd").args(["-m", "-s", "/bin/bash", USER]))?;
+fn setup_user(user: &str, shell: &Path, identities: &[&Path], password: &str) -> Result<()> {
+    if user_uid(user).is_none() {
+        run_checked(
+            Command::new("useradd")
+                .args(["-m", "-s"])
+                .arg(shell)
+                .arg(user),
+        )?;
+    } else {
+        run_checked(Command::new("usermod").arg("-s").arg(shell).arg(user))?;
     }
     let mut chpasswd = Command::new("chpasswd").stdin(Stdio::piped()).spawn()?;
     {
         use std::io::Write;
         let mut stdin = chpasswd.stdin.take().context("chpasswd stdin")?;
-        writeln!(stdin, "{USER}:{password}")?;
+        writeln!(stdin, "{user}:{password}")?;
     }
     if !chpasswd.wait()?.success() {
-        bail!("chpasswd failed for {USER}");
+        bail!("chpasswd failed for {user}");
     }
-    let ssh_dir = PathBuf::from(format!("/home/{USER}/.ssh"));
+    let ssh_dir = PathBuf::from(format!("/home/{user}/.ssh"));
     std::fs::create_dir_all(&ssh_dir)?;
     let mut authorized = String::new();
     for identity in identities {
@@ -523,17 +778,20 @@ fn setup_user(identities: &[&Path], password: &str) -> Result<()> {
     set_mode(ssh_dir.join("authorized_keys"), 0o600)?;
     run_checked(
         Command::new("chown")
-            .args(["-R", &format!("{USER}:{USER}")])
+            .args(["-R", &format!("{user}:{user}")])
             .arg(&ssh_dir),
     )
 }
 
-fn setup_sudo() -> Result<()> {
+fn setup_sudo(users: &[(String, PathBuf)]) -> Result<()> {
     // Every sudo asks: no timestamp reuse, so each sudo test really exercises the agent.
+    let names: Vec<&str> = users.iter().map(|(u, _)| u.as_str()).collect();
+    let list = names.join(", ");
     let rules = format!(
         "# Written by `cargo xtask fleet up`; removed by `fleet down`.\n\
-         Defaults:{USER} timestamp_timeout=0, lecture=never, !requiretty, passwd_tries=3\n\
-         {USER} ALL=(ALL:ALL) ALL\n"
+         User_Alias POLYSHELL_FLEET = {list}\n\
+         Defaults:POLYSHELL_FLEET timestamp_timeout=0, lecture=never, !requiretty, passwd_tries=3\n\
+         POLYSHELL_FLEET ALL=(ALL:ALL) ALL\n"
     );
     let staged = format!("{SUDOERS}.new");
     std::fs::create_dir_all("/etc/sudoers.d")?;
@@ -548,6 +806,15 @@ fn setup_sudo() -> Result<()> {
     }
     std::fs::rename(&staged, SUDOERS)?;
     Ok(())
+}
+
+/// The fleet's test users that exist on this machine, with their uids.
+fn test_users() -> Vec<(String, u32)> {
+    let names = std::iter::once(USER.to_owned())
+        .chain(LOGIN_SHELLS.iter().map(|(name, _)| shell_user(name)));
+    names
+        .filter_map(|name| user_uid(&name).map(|uid| (name, uid)))
+        .collect()
 }
 
 fn run_checked(cmd: &mut Command) -> Result<()> {
@@ -611,13 +878,13 @@ fn descendants(table: &[ProcInfo], pid: u32, out: &mut Vec<u32>) {
     }
 }
 
-fn cmdline(pid: u32) -> String {
+pub fn cmdline(pid: u32) -> String {
     std::fs::read(format!("/proc/{pid}/cmdline"))
         .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
         .unwrap_or_default()
 }
 
-fn alive(pid: u32) -> bool {
+pub fn alive(pid: u32) -> bool {
     // A zombie has exited: it only waits to be reaped by its parent.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat

@@ -9,6 +9,7 @@ mod bench;
 mod fleet;
 mod fuzz;
 mod packages;
+mod proxy;
 mod test;
 
 use anyhow::{bail, Context, Result};
@@ -17,10 +18,12 @@ use std::process::ExitCode;
 
 const USAGE: &str = "\
 usage:
-  cargo xtask test [--sites N] [-- CARGO-TEST-ARGS...]
+  cargo xtask test [--sites N] [--rtt MS] [-- CARGO-TEST-ARGS...]
       install what is missing, bring a fleet up, run every test of the workspace
       (fleet tests included), bring the fleet down again
-  cargo xtask fleet up [--sites N]    start a throwaway fleet of sshd processes on loopback
+  cargo xtask fleet up [--sites N] [--rtt MS]
+      start a throwaway fleet of sshd processes on loopback; with --rtt, every site sits
+      behind a delay proxy adding MS milliseconds of round trip
   cargo xtask fleet down              stop exactly the processes `fleet up` started
   cargo xtask fleet status            show the fleet and check that every site answers
   cargo xtask bench [--sites N] [--runs K] [--peers] [--smoke]
@@ -44,8 +47,8 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
     match args.as_slice() {
         ["test", rest @ ..] => {
             let (opts, passthrough) = split_passthrough(rest);
-            let sites = parse_sites(opts, test::DEFAULT_SITES)?;
-            test::run(sites, passthrough)
+            let opts = parse_fleet_options(opts, test::DEFAULT_SITES)?;
+            test::run(opts, passthrough)
         }
         ["bench", rest @ ..] => {
             let mut opts = bench::Options {
@@ -91,9 +94,9 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         ["fleet", "up", rest @ ..] => {
-            let sites = parse_sites(rest, fleet::DEFAULT_SITES)?;
+            let opts = parse_fleet_options(rest, fleet::DEFAULT_SITES)?;
             packages::ensure()?;
-            let fleet = fleet::up(&fleet::dir(), sites)?;
+            let fleet = fleet::up(&fleet::dir(), opts)?;
             println!(
                 "fleet up: {} sites, fleet file {}",
                 fleet.sites.len(),
@@ -104,6 +107,11 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
         // Internal: the fleet's reaper, started by `fleet up` (see fleet.rs).
         ["fleet-reaper", rest @ ..] => {
             fleet::reaper(rest)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        // Internal: the fleet's delay proxy, started by `fleet up --rtt` (see proxy.rs).
+        ["fleet-proxy", rest @ ..] => {
+            proxy::run(rest)?;
             Ok(ExitCode::SUCCESS)
         }
         ["fleet", "down"] => {
@@ -147,6 +155,33 @@ fn parse_sites(args: &[&str], default: usize) -> Result<usize> {
         }
         other => bail!("unexpected arguments {other:?}\n{USAGE}"),
     }
+}
+
+/// `[--sites N] [--rtt MS]`, in any order.
+fn parse_fleet_options(args: &[&str], default_sites: usize) -> Result<fleet::Options> {
+    let mut opts = fleet::Options {
+        sites: default_sites,
+        rtt_ms: 0,
+    };
+    let mut rest = args;
+    while !rest.is_empty() {
+        match rest {
+            ["--sites", n, tail @ ..] => {
+                opts.sites = parse_sites(&["--sites", n], default_sites)?;
+                rest = tail;
+            }
+            ["--rtt", ms, tail @ ..] => {
+                opts.rtt_ms = ms
+                    .parse()
+                    .ok()
+                    .filter(|ms| *ms <= 10_000)
+                    .with_context(|| format!("--rtt {ms}: milliseconds, 0 to 10000"))?;
+                rest = tail;
+            }
+            other => bail!("unexpected arguments {other:?}\n{USAGE}"),
+        }
+    }
+    Ok(opts)
 }
 
 /// The workspace root: xtask lives one level below it.

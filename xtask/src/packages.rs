@@ -14,6 +14,13 @@ const NEEDED: &[(&str, &str)] = &[
     ("/usr/bin/rsync", "rsync"),
     ("/usr/sbin/useradd", "passwd"),
     ("/usr/sbin/chpasswd", "passwd"),
+    // The fleet's login shells (`/bin/bash` is always there).
+    ("/bin/dash", "dash"),
+    ("/bin/busybox", "busybox"),
+    ("/usr/bin/zsh", "zsh"),
+    ("/usr/bin/fish", "fish"),
+    // The terminal tests read the screen of a real terminal emulator.
+    ("/usr/bin/tmux", "tmux"),
 ];
 
 /// A policy-rc.d that stops package scripts from starting services (the system sshd must

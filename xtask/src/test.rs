@@ -9,7 +9,7 @@ pub const DEFAULT_SITES: usize = 500;
 
 extern "C" fn ignore_interrupt(_: libc::c_int) {}
 
-pub fn run(sites: usize, cargo_test_args: &[&str]) -> Result<ExitCode> {
+pub fn run(opts: fleet::Options, cargo_test_args: &[&str]) -> Result<ExitCode> {
     packages::ensure()?;
     let dir = fleet::dir();
     // Build first, so that compile errors show before a fleet starts and the fleet is up
@@ -18,7 +18,7 @@ pub fn run(sites: usize, cargo_test_args: &[&str]) -> Result<ExitCode> {
     if !built.success() {
         return Ok(ExitCode::FAILURE);
     }
-    let fleet = fleet::up(&dir, sites)?;
+    let fleet = fleet::up(&dir, opts)?;
     println!(
         "xtask: fleet up with {} sites; running the tests",
         fleet.sites.len()
