@@ -332,12 +332,12 @@ impl Read for ChannelReader {
 fn unpack(reader: impl Read, to: &Path) -> Result<(), ErrorKind> {
     let mut archive = tar::Archive::new(reader);
     archive.set_overwrite(true);
-    let mut entries = archive.entries().map_err(|e| err(to, e))?;
+    let entries = archive.entries().map_err(|e| err(to, e))?;
     // Directory modes are set last, deepest first: a read-only directory must not stop
     // its own contents from landing.
     let mut dirs: Vec<(PathBuf, u32)> = Vec::new();
     let mut first = true;
-    while let Some(entry) = entries.next() {
+    for entry in entries {
         let mut entry = entry.map_err(|e| err(to, e))?;
         let path = entry.path().map_err(|e| err(to, e))?.into_owned();
         let mode = entry.header().mode().map_err(|e| err(to, e))? & 0o7777;
