@@ -7,6 +7,7 @@ use crate::process::{ProcEvent, Process, StdinWriter};
 use async_trait::async_trait;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, ChildStdin};
@@ -36,7 +37,7 @@ pub(crate) fn spawn(program: &str, args: &[String]) -> Result<LocalProcess, Erro
     }
     Ok(LocalProcess {
         pgid: child.id().map(|id| id as i32),
-        stdin: child.stdin.take(),
+        stdin: Arc::new(tokio::sync::Mutex::new(child.stdin.take())),
         child,
         output: rx,
         exited: false,
@@ -64,7 +65,9 @@ async fn pump(
 pub(crate) struct LocalProcess {
     child: Child,
     pgid: Option<i32>,
-    stdin: Option<ChildStdin>,
+    /// Shared with the writer [`split_stdin`](Process::split_stdin) hands out: sudo's
+    /// password goes through `write_stdin` while the command's input has its own writer.
+    stdin: Arc<tokio::sync::Mutex<Option<ChildStdin>>>,
     output: mpsc::Receiver<(Stream, Vec<u8>)>,
     exited: bool,
 }
@@ -97,7 +100,7 @@ impl Process for LocalProcess {
     }
 
     async fn write_stdin(&mut self, data: &[u8]) -> Result<(), ErrorKind> {
-        if let Some(stdin) = self.stdin.as_mut() {
+        if let Some(stdin) = self.stdin.lock().await.as_mut() {
             // A command that exits without reading its input is not an error.
             let _ = stdin.write_all(data).await;
             let _ = stdin.flush().await;
@@ -106,13 +109,11 @@ impl Process for LocalProcess {
     }
 
     async fn close_stdin(&mut self) {
-        self.stdin = None;
+        self.stdin.lock().await.take();
     }
 
     fn split_stdin(&mut self) -> Option<Box<dyn StdinWriter>> {
-        self.stdin
-            .take()
-            .map(|pipe| Box::new(LocalStdin(Some(pipe))) as Box<dyn StdinWriter>)
+        Some(Box::new(LocalStdin(self.stdin.clone())))
     }
 
     async fn terminate(&mut self) {
@@ -132,12 +133,12 @@ impl Process for LocalProcess {
 }
 
 /// A child's stdin pipe, written while its output is read.
-pub(crate) struct LocalStdin(Option<ChildStdin>);
+pub(crate) struct LocalStdin(Arc<tokio::sync::Mutex<Option<ChildStdin>>>);
 
 #[async_trait]
 impl StdinWriter for LocalStdin {
     async fn write(&mut self, data: &[u8]) -> Result<usize, ErrorKind> {
-        match self.0.as_mut() {
+        match self.0.lock().await.as_mut() {
             // `write` is cancel-safe (nothing written if dropped); `write_all` is not.
             Some(pipe) => Ok(pipe.write(data).await?),
             None => Ok(0),
@@ -145,7 +146,7 @@ impl StdinWriter for LocalStdin {
     }
 
     async fn close(&mut self) {
-        if let Some(mut pipe) = self.0.take() {
+        if let Some(mut pipe) = self.0.lock().await.take() {
             let _ = pipe.flush().await;
         }
     }
