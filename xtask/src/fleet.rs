@@ -263,9 +263,10 @@ fn start(
         ed25519_only.clone(),
         Kind::Fleet,
     ));
+    // At debug level, like the other bastion: tests count its forwarded channels.
     plan.push((
         vec![&fleet.stock_bastion],
-        "VERBOSE",
+        "DEBUG1",
         ed25519_only.clone(),
         Kind::StockLimits,
     ));
@@ -385,7 +386,8 @@ fn hash_known_hosts(dir: &Path, lines: &str) -> Result<String> {
             .arg("-H")
             .arg("-f")
             .arg(&file)
-            .stdout(Stdio::null()),
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
     )?;
     let hashed = std::fs::read_to_string(&file)?;
     let _ = std::fs::remove_file(&file);
