@@ -62,7 +62,10 @@ async fn through_the_stock_bastion(n: usize) {
     // At most one: a bastion connection still open from an earlier test in this process is
     // reused, as it would be by a later schedule of the same run.
     assert!(logins <= 1, "{logins} logins to the bastion for {n} sites");
-    assert_eq!(forwarded, n, "channels forwarded by the bastion for {n} sites");
+    assert_eq!(
+        forwarded, n,
+        "channels forwarded by the bastion for {n} sites"
+    );
     drop(shells);
 }
 

@@ -429,7 +429,7 @@ fn bench(
     });
     drop(dead_listeners);
 
-    // SFTP: one file up and down, vs scp.
+    // File transfer (a stream on the site's connection): one file up and down, vs scp.
     let size_mb = if opts.smoke { 5 } else { 200 };
     let file = fleet.dir.join("bench.bin");
     let status = Command::new("head")
@@ -440,7 +440,7 @@ fn bench(
         bail!("making the transfer file failed");
     }
     let f = file.display().to_string();
-    let mut sftp_lines = Vec::new();
+    let mut transfer_lines = Vec::new();
     for _ in 0..opts.runs {
         let out = Command::new(transfer)
             .args([&cfg, "site001", &f])
@@ -468,7 +468,7 @@ fn bench(
         let scp_down = t0.elapsed().as_secs_f64();
         let _ = std::fs::remove_file(format!("{f}.scp"));
         if times.len() == 2 && up.success() && down.success() {
-            sftp_lines.push((times[0], times[1], scp_up, scp_down));
+            transfer_lines.push((times[0], times[1], scp_up, scp_down));
         }
     }
     let _ = std::fs::remove_file(&file);
@@ -481,7 +481,7 @@ fn bench(
     report(
         opts,
         &rows,
-        &sftp_lines,
+        &transfer_lines,
         size_mb,
         scheduler,
         per_site_kib,
@@ -551,7 +551,7 @@ fn scheduler_overhead(root: &Path) -> Option<f64> {
 fn report(
     opts: &Options,
     rows: &[Row],
-    sftp: &[(f64, f64, f64, f64)],
+    transfers: &[(f64, f64, f64, f64)],
     size_mb: usize,
     scheduler_us: Option<f64>,
     per_site_kib: Option<f64>,
@@ -597,14 +597,14 @@ fn report(
             "client_cpu": cpu, "peak_rss_mb": rss, "server_cpu": server, "floor": floor, "ok": r.all_ok(),
         }));
     }
-    if !sftp.is_empty() {
-        let up = median(sftp.iter().map(|s| s.0).collect()).0;
-        let down = median(sftp.iter().map(|s| s.1).collect()).0;
-        let scp_up = median(sftp.iter().map(|s| s.2).collect()).0;
-        let scp_down = median(sftp.iter().map(|s| s.3).collect()).0;
+    if !transfers.is_empty() {
+        let up = median(transfers.iter().map(|s| s.0).collect()).0;
+        let down = median(transfers.iter().map(|s| s.1).collect()).0;
+        let scp_up = median(transfers.iter().map(|s| s.2).collect()).0;
+        let scp_down = median(transfers.iter().map(|s| s.3).collect()).0;
         writeln!(
             md,
-            "\n| transfer of {size_mb} MB | polyshell (SFTP) s | scp s | throughput ratio |"
+            "\n| transfer of {size_mb} MB | polyshell s | scp s | throughput ratio |"
         )?;
         writeln!(md, "|---|---|---|---|")?;
         writeln!(

@@ -33,10 +33,24 @@ pub fn run(opts: fleet::Options, cargo_test_args: &[&str]) -> Result<ExitCode> {
             ignore_interrupt as *const () as libc::sighandler_t,
         );
     }
+    let report = conformance_report();
+    let _ = std::fs::remove_file(&report);
     let tested = cargo_test(&[], cargo_test_args);
     let downed = fleet::down(&dir);
     let tested = tested?;
     downed?;
+    // The conformance suite's table (behaviour x transport x login shell), last, where a
+    // reader of the log looks first.
+    match std::fs::read_to_string(&report) {
+        Ok(table) => println!(
+            "\nxtask: transport conformance ({}):\n{table}",
+            report.display()
+        ),
+        Err(_) => println!(
+            "\nxtask: no conformance table at {} (the suite did not run)",
+            report.display()
+        ),
+    }
     if tested.success() {
         println!("xtask: all tests passed, fleet tests included");
         Ok(ExitCode::SUCCESS)
@@ -44,6 +58,13 @@ pub fn run(opts: fleet::Options, cargo_test_args: &[&str]) -> Result<ExitCode> {
         eprintln!("xtask: tests failed ({tested})");
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Where the conformance suite writes its table.
+fn conformance_report() -> std::path::PathBuf {
+    crate::workspace_root()
+        .join("target")
+        .join("conformance.txt")
 }
 
 fn cargo_test(cargo_args: &[&str], test_args: &[&str]) -> Result<std::process::ExitStatus> {
@@ -55,6 +76,7 @@ fn cargo_test(cargo_args: &[&str], test_args: &[&str]) -> Result<std::process::E
         .args(["--", "--include-ignored"])
         .args(test_args)
         .env(polyshell_tests::FLEET_ENV, fleet::file(&fleet::dir()))
+        .env("POLYSHELL_CONFORMANCE_REPORT", conformance_report())
         .status()
         .context("running cargo test")
 }

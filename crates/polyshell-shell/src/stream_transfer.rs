@@ -365,13 +365,15 @@ fn unpack(reader: impl Read, to: &Path) -> Result<(), ErrorKind> {
                 return Ok(());
             }
             std::fs::create_dir_all(to).map_err(|e| err(to, e))?;
-            dirs.push((to.to_owned(), mode));
+            dirs.push((to.to_owned(), mode & 0o777));
             continue;
         }
         if is_dir {
-            let dest = to.join(&path);
+            // Not through a link the archive itself planted: a hostile site could otherwise
+            // create or chmod directories outside `to`. (`unpack_in` checks files alike.)
+            let dest = no_link_on_the_way(to, &path)?;
             std::fs::create_dir_all(&dest).map_err(|e| err(&dest, e))?;
-            dirs.push((dest, mode));
+            dirs.push((dest, mode & 0o777));
         } else {
             entry.unpack_in(to).map_err(|e| err(&to.join(&path), e))?;
         }
@@ -386,9 +388,55 @@ fn unpack(reader: impl Read, to: &Path) -> Result<(), ErrorKind> {
     Ok(())
 }
 
+/// `to/rel`, after checking that no part of it below `to` is a symbolic link.
+fn no_link_on_the_way(to: &Path, rel: &Path) -> Result<PathBuf, ErrorKind> {
+    let mut at = to.to_owned();
+    for part in rel.components() {
+        if let Component::Normal(name) = part {
+            at.push(name);
+            if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
+                return Err(err(&at, "the archive reaches through a symbolic link"));
+            }
+        }
+    }
+    Ok(at)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::remote_word;
+    use super::*;
+
+    #[test]
+    fn an_archive_cannot_reach_through_its_own_links() {
+        let scratch = tempfile::tempdir().unwrap();
+        let outside = scratch.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut dir = tar::Header::new_gnu();
+        dir.set_entry_type(tar::EntryType::Directory);
+        dir.set_mode(0o755);
+        dir.set_size(0);
+        archive
+            .append_data(&mut dir.clone(), "./", std::io::empty())
+            .unwrap();
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        link.set_mode(0o777);
+        archive.append_link(&mut link, "./x", &outside).unwrap();
+        dir.set_mode(0o777);
+        archive
+            .append_data(&mut dir, "./x/made", std::io::empty())
+            .unwrap();
+        let bytes = archive.into_inner().unwrap();
+        let to = scratch.path().join("to");
+        let result = unpack(&bytes[..], &to);
+        assert!(
+            matches!(&result, Err(ErrorKind::Transfer(m)) if m.contains("symbolic link")),
+            "{result:?}"
+        );
+        assert!(!outside.join("made").exists());
+    }
 
     #[test]
     fn remote_words_keep_home_and_never_start_with_a_dash() {
