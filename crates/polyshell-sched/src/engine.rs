@@ -423,23 +423,63 @@ impl Engine {
             });
     }
 
-    async fn run_unit(&self, run: &Run, unit: Unit) {
-        let _phase = match &run.phases {
-            Some(gate) => Some(gate.enter(unit.invocation).await),
-            None => None,
-        };
-        if let Some(reason) = self.skip_reason(run, &unit) {
-            let at = run.start.elapsed();
-            for &a in &unit.actions {
-                self.record(run, &unit, a, None, Status::Skipped(reason.clone()), at);
-            }
-            return;
+    /// Records every action of `unit` as skipped.
+    fn skip(&self, run: &Run, unit: &Unit, reason: SkipReason) {
+        let at = run.start.elapsed();
+        for &a in &unit.actions {
+            self.record(run, unit, a, None, Status::Skipped(reason.clone()), at);
         }
+    }
+
+    /// Admission of a unit, as one step: the fanout permit, then every lock it needs — the
+    /// schedule's, the job's and its actions' own — in the global order (barriers first, so
+    /// nothing is held while waiting for others to arrive). The caller races this with stop.
+    async fn admit(
+        &self,
+        run: &Run,
+        unit: &Unit,
+        lock_ctx: &LockContext,
+    ) -> (Option<tokio::sync::OwnedSemaphorePermit>, Vec<Guard>) {
         // A site is busy while it holds a fanout permit.
-        let _permit = match &run.fanout {
+        let permit = match &run.fanout {
             Some(sem) => sem.clone().acquire_owned().await.ok(),
             None => None,
         };
+        let mut locks: Vec<Arc<dyn crate::lock::Lock>> = run
+            .schedule
+            .locks
+            .iter()
+            .chain(&unit.job.locks)
+            .chain(
+                unit.actions
+                    .iter()
+                    .flat_map(|&a| &unit.job.actions[a].locks),
+            )
+            .cloned()
+            .collect();
+        let guards = if locks.is_empty() {
+            Vec::new()
+        } else {
+            acquire_all(&mut locks, lock_ctx).await
+        };
+        (permit, guards)
+    }
+
+    async fn run_unit(&self, run: &Run, unit: Unit) {
+        // Every wait races stop (and so cancel): no gate, permit or lock that never opens
+        // can hold a run past Ctrl-C.
+        let _phase = match &run.phases {
+            Some(gate) => tokio::select! {
+                biased;
+                _ = self.stop.cancelled() => return self.skip(run, &unit, SkipReason::Stopped),
+                guard = gate.enter(unit.invocation) => Some(guard),
+            },
+            None => None,
+        };
+        // Skipped units wait for nothing.
+        if let Some(reason) = self.skip_reason(run, &unit) {
+            return self.skip(run, &unit, reason);
+        }
         let lock_ctx = LockContext {
             site: (*unit.site_info).clone(),
             roles: (*unit.roles).clone(),
@@ -448,32 +488,14 @@ impl Engine {
             schedule: run.id.clone(),
             batch: self.batch.clone(),
         };
-        let mut locks: Vec<_> = run
-            .schedule
-            .locks
-            .iter()
-            .chain(&unit.job.locks)
-            .cloned()
-            .collect();
-        let _guards: Vec<Guard> = if locks.is_empty() {
-            Vec::new()
-        } else {
-            acquire_all(&mut locks, &lock_ctx).await
+        let (_permit, _guards) = tokio::select! {
+            biased;
+            _ = self.stop.cancelled() => return self.skip(run, &unit, SkipReason::Stopped),
+            admitted = self.admit(run, &unit, &lock_ctx) => admitted,
         };
-        // Waiting for locks can take long: check again before starting.
-        if self.stop.is_cancelled() {
-            let at = run.start.elapsed();
-            for &a in &unit.actions {
-                self.record(
-                    run,
-                    &unit,
-                    a,
-                    None,
-                    Status::Skipped(SkipReason::Stopped),
-                    at,
-                );
-            }
-            return;
+        // The waits can be long, and other sites failed meanwhile: every skip rule again.
+        if let Some(reason) = self.skip_reason(run, &unit) {
+            return self.skip(run, &unit, reason);
         }
         let events: Arc<dyn EventSink> = Arc::new(Filtered {
             inner: self.events.clone(),
@@ -531,12 +553,11 @@ impl Engine {
                 spawned: Arc::default(),
             };
             let action = unit.job.actions[a].clone();
-            let lock_ctx = &lock_ctx;
             let span =
                 tracing::info_span!("action", id = %id, site = %unit.site, job = %unit.job.name);
             running.push(
                 async move {
-                    let status = run_action(action, ctx, lock_ctx).await;
+                    let status = run_action(action, ctx).await;
                     tracing::debug!(?status, "action finished");
                     (a, id, status, started)
                 }
@@ -544,7 +565,8 @@ impl Engine {
             );
         }
         let finished = tokio::select! {
-            done = futures::future::join_all(running) => done,
+            // Once cancelled, the actions are not polled again.
+            biased;
             _ = self.cancel.cancelled() => {
                 // Dropping the actions' futures terminates their commands.
                 let at = run.start.elapsed();
@@ -554,6 +576,7 @@ impl Engine {
                 self.fail_site(run, &unit);
                 return;
             }
+            done = futures::future::join_all(running) => done,
         };
         for (a, id, status, started) in finished {
             self.finish(run, &unit, a, id, status, started, &events);
@@ -593,45 +616,62 @@ impl Engine {
     }
 }
 
-/// Runs one action (and the work it spawned) under its own locks; a panic fails it alone.
-async fn run_action(
-    action: crate::job::Action,
-    ctx: ActionContext,
-    lock_ctx: &LockContext,
-) -> Status {
-    let mut locks = action.locks.clone();
-    let _guards = if locks.is_empty() {
-        Vec::new()
-    } else {
-        acquire_all(&mut locks, lock_ctx).await
-    };
+/// Aborts the work an action spawned when the action is dropped (cancelled) before it
+/// waited for that work: spawned work belongs to its action.
+struct AbortSpawned(Arc<Mutex<Vec<tokio::task::JoinHandle<ActionResult>>>>);
+
+impl Drop for AbortSpawned {
+    fn drop(&mut self) {
+        for handle in self.0.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+            handle.abort();
+        }
+    }
+}
+
+/// Aborts one spawned task if dropped while still armed.
+struct AbortOnDrop(Option<tokio::task::AbortHandle>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(handle) = self.0.take() {
+            handle.abort();
+        }
+    }
+}
+
+/// Runs one action and the work it spawned (its locks were taken with the unit's); a
+/// panic fails it alone.
+async fn run_action(action: crate::job::Action, ctx: ActionContext) -> Status {
     let spawned = ctx.spawned.clone();
+    let _abort = AbortSpawned(spawned.clone());
     let body = AssertUnwindSafe((action.run)(ctx)).catch_unwind().await;
     let mut status = match body {
         Ok(Ok(())) => Status::Ok,
         Ok(Err(e)) => Status::Failed(e.0),
         Err(panic) => Status::Failed(format!("the action panicked: {}", panic_message(&panic))),
     };
-    // Wait for the work the action spawned, including work spawned by that work.
+    // Wait for the work the action spawned, including work spawned by that work. Each
+    // handle stays abortable while awaited: a cancel now aborts it and all still listed.
     loop {
-        let handles: Vec<tokio::task::JoinHandle<ActionResult>> =
-            std::mem::take(&mut *spawned.lock().unwrap_or_else(|p| p.into_inner()));
-        if handles.is_empty() {
-            break;
-        }
-        for handle in handles {
-            let outcome = match handle.await {
-                Ok(Ok(())) => None,
-                Ok(Err(e)) => Some(e.0),
-                Err(e) if e.is_panic() => Some(format!(
-                    "spawned work panicked: {}",
-                    panic_message(&e.into_panic())
-                )),
-                Err(e) => Some(format!("spawned work failed: {e}")),
-            };
-            if let (Some(why), Status::Ok) = (outcome, &status) {
-                status = Status::Failed(why);
-            }
+        let next = {
+            let mut list = spawned.lock().unwrap_or_else(|p| p.into_inner());
+            (!list.is_empty()).then(|| list.remove(0))
+        };
+        let Some(handle) = next else { break };
+        let mut abort = AbortOnDrop(Some(handle.abort_handle()));
+        let joined = handle.await;
+        abort.0 = None;
+        let outcome = match joined {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.0),
+            Err(e) if e.is_panic() => Some(format!(
+                "spawned work panicked: {}",
+                panic_message(&e.into_panic())
+            )),
+            Err(e) => Some(format!("spawned work failed: {e}")),
+        };
+        if let (Some(why), Status::Ok) = (outcome, &status) {
+            status = Status::Failed(why);
         }
     }
     status

@@ -55,6 +55,12 @@ pub trait Lock: Send + Sync {
     fn name(&self) -> String {
         "lock".into()
     }
+
+    /// Whether acquiring waits for other work to arrive rather than for work to leave (a
+    /// barrier). Such locks are taken first, while the unit holds nothing else.
+    fn waits_for_others(&self) -> bool {
+        false
+    }
 }
 
 /// A fresh place in the global lock order; locks made earlier come first.
@@ -65,9 +71,17 @@ pub fn next_order() -> u64 {
 
 /// Takes `locks` in their global order; the guards release when the returned vector drops.
 pub async fn acquire_all(locks: &mut [Arc<dyn Lock>], ctx: &LockContext) -> Vec<Guard> {
-    locks.sort_by_key(|l| l.order());
+    // Locks that wait for others to arrive (barriers) first, holding nothing: a barrier
+    // waited for while holding a semaphore's permit deadlocks the units that need it. Then
+    // the rest in the global order; a lock named twice is taken once.
+    locks.sort_by_key(|l| (!l.waits_for_others(), l.order()));
     let mut guards = Vec::with_capacity(locks.len());
+    let mut taken = Vec::with_capacity(locks.len());
     for lock in locks.iter() {
+        if taken.contains(&lock.order()) {
+            continue;
+        }
+        taken.push(lock.order());
         guards.push(lock.acquire(ctx).await);
     }
     guards
@@ -217,6 +231,11 @@ impl Lock for RoleSemaphore {
 }
 
 /// Nobody passes until `n` have arrived (then all go at once).
+/// Releases its waiters `n` at a time: the first `n` units that take it start together,
+/// then the next `n`. Taken before any other lock of a unit (see
+/// [`Lock::waits_for_others`]), so it never waits holding a semaphore's permit. Give it
+/// as many units as `n` divides: a unit left short of a full group waits until the run is
+/// stopped (every admission wait races stop and cancel, so Ctrl-C still ends it).
 pub struct Barrier {
     order: u64,
     barrier: tokio::sync::Barrier,
@@ -242,6 +261,10 @@ impl Lock for Barrier {
     }
     fn name(&self) -> String {
         "barrier".into()
+    }
+
+    fn waits_for_others(&self) -> bool {
+        true
     }
 }
 
