@@ -32,15 +32,16 @@ struct Cli {
     /// Target hosts without a Polyfile: a comma list with host ranges, e.g. `db1,web[01-03]`.
     #[arg(short = 'H', long = "hosts", global = true, value_name = "HOSTS")]
     hosts: Option<String>,
-    /// At most N sites busy at once.
-    #[arg(long, global = true, value_name = "N")]
+    /// At most N sites busy at once (N ≥ 1).
+    #[arg(long, global = true, value_name = "N", value_parser = crate::values::positive)]
     fanout: Option<usize>,
-    /// Terminate any command that runs longer than S seconds (its whole process group).
-    #[arg(long, global = true, value_name = "S")]
-    timeout: Option<f64>,
+    /// Terminate any command that runs longer than S seconds (its whole process group);
+    /// also `500ms`, `10m`, `2h`.
+    #[arg(long, global = true, value_name = "S", value_parser = crate::values::duration)]
+    timeout: Option<Duration>,
     /// Give up on a site that does not complete connecting within S seconds (default 10).
-    #[arg(long = "connect-timeout", global = true, value_name = "S")]
-    connect_timeout: Option<f64>,
+    #[arg(long = "connect-timeout", global = true, value_name = "S", value_parser = crate::values::duration)]
+    connect_timeout: Option<Duration>,
     /// How output is shown.
     #[arg(long, global = true, value_enum, default_value = "stream")]
     output: OutputMode,
@@ -279,7 +280,7 @@ fn targets(inv: &Inventory, on: Option<&str>, command: &str) -> Result<Vec<Strin
 
 fn shell_settings(cli: &Cli) -> ShellSettings {
     ShellSettings {
-        connect_timeout: cli.connect_timeout.map(Duration::from_secs_f64),
+        connect_timeout: cli.connect_timeout,
         host_key_policy: cli.known_hosts.map(|k| match k {
             KnownHosts::Strict => HostKeyPolicy::Strict,
             KnownHosts::AcceptNew => HostKeyPolicy::AcceptNew,
@@ -357,7 +358,7 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
             let inv = inventory(&cli)?;
             let targets = targets(&inv, on.as_deref(), "run")?;
             let script = command.join(" ");
-            let (sudo, timeout) = (*sudo, cli.timeout.map(Duration::from_secs_f64));
+            let (sudo, timeout) = (*sudo, cli.timeout);
             let act = action(move |ctx| {
                 let script = script.clone();
                 async move {
@@ -452,7 +453,7 @@ async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<
         for a in &spec.actions {
             let mut a = a.clone();
             // The global timeout bounds every step of an action that sets none of its own.
-            a.timeout = a.timeout.or(cli.timeout.map(Duration::from_secs_f64));
+            a.timeout = a.timeout.or(cli.timeout);
             let roles = a.roles.clone();
             jobs.add(name, &roles, steps::build(a, pf.sites.clone()));
         }

@@ -3,6 +3,7 @@
 //!
 //! - [`polyfile`]: load and check a Polyfile (every error positioned).
 //! - [`subst`]: `{...}` placeholders, checked and substituted as shell data.
+//! - [`values`]: durations and counts from argv, checked (exit 2 when bad).
 //! - [`cli::main`]: parse argv and run; returns the exit status ([`exit`]).
 //!
 //! ```
@@ -22,3 +23,4 @@ mod run;
 mod shells;
 mod steps;
 pub mod subst;
+pub mod values;

@@ -474,3 +474,31 @@ fn a_dead_site_fails_alone_with_its_reason() {
     );
     drop(silent);
 }
+
+#[test]
+fn absurd_durations_and_counts_are_usage_errors_that_name_the_option() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, option) in [
+        (&["--timeout", "inf"][..], "--timeout"),
+        (&["--timeout", "nan"], "--timeout"),
+        (&["--timeout=-3"], "--timeout"),
+        (&["--connect-timeout", "1e30"], "--connect-timeout"),
+        (&["--connect-timeout", "400d"], "--connect-timeout"),
+        (&["--fanout", "0"], "--fanout"),
+    ] {
+        let out = polyshell(dir.path())
+            .args(args)
+            .args(["run", "--", "true"])
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(option), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    let out = polyshell(dir.path())
+        .args(["--timeout", "1m", "--fanout", "2", "run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}

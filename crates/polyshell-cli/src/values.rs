@@ -1,0 +1,99 @@
+//! Values from argv checked before anything runs: durations and counts. A bad one is a usage
+//! error (exit 2) that names the option and says what it takes; none can panic or exhaust.
+
+use std::time::Duration;
+
+/// The longest duration any option takes: a year. Longer is a typo, and would overflow the
+/// timers it feeds.
+pub const MAX_SECONDS: f64 = 365.0 * 24.0 * 3600.0;
+
+/// A duration: seconds (`30`, `2.5`) or with a unit (`500ms`, `90s`, `10m`, `2h`, `1d`);
+/// more than zero and at most a year.
+pub fn duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let not_a_duration = || {
+        format!(
+            "`{text}` is not a duration (a number of seconds, or with a unit: 500ms, 90s, 10m, 2h)"
+        )
+    };
+    // Only plain decimal numbers: `inf`, `nan`, `1e30` and hex are not durations.
+    if number.is_empty()
+        || !number.chars().all(|c| c.is_ascii_digit() || c == '.')
+        || number.matches('.').count() > 1
+    {
+        return Err(not_a_duration());
+    }
+    let scale = match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(not_a_duration()),
+    };
+    let seconds = number
+        .parse::<f64>()
+        .map_err(|_| format!("`{text}` is not a duration"))?
+        * scale;
+    if seconds <= 0.0 {
+        return Err(format!("`{text}`: a duration must be more than zero"));
+    }
+    if seconds > MAX_SECONDS {
+        return Err(format!("`{text}`: at most a year"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A count of at least one.
+pub fn positive(text: &str) -> Result<usize, String> {
+    match text.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{text}` is not a whole number")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_units_and_reject_the_absurd() {
+        assert_eq!(duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(duration("2.5"), Ok(Duration::from_millis(2500)));
+        assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(duration("1d"), Ok(Duration::from_secs(86400)));
+        for bad in [
+            "inf",
+            "nan",
+            "NaN",
+            "-1",
+            "0",
+            "0.0",
+            "1e30",
+            "1e3",
+            "",
+            "s",
+            "10x",
+            "1..2",
+            "0x10",
+            "400d",
+            "9999999999999999999999",
+        ] {
+            assert!(duration(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn counts_are_at_least_one() {
+        assert_eq!(positive("3"), Ok(3));
+        assert!(positive("0").is_err());
+        assert!(positive("-1").is_err());
+        assert!(positive("x").is_err());
+    }
+}
