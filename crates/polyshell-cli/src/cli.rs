@@ -8,7 +8,7 @@ use crate::shells::ShellSettings;
 use crate::steps;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use polyshell_sched::{action, Jobs, Mode, Schedule};
-use polyshell_shell::{Command as ShellCommand, HostKeyPolicy};
+use polyshell_shell::HostKeyPolicy;
 use polyshell_sites::diag::Source;
 use polyshell_sites::{json, range, SiteStore};
 use std::path::{Path, PathBuf};
@@ -362,10 +362,16 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
             let act = action(move |ctx| {
                 let script = script.clone();
                 async move {
-                    let mut command = ShellCommand::new(script.clone());
-                    if let Some(t) = timeout {
-                        command = command.timeout(t);
-                    }
+                    let command = steps::site_command(
+                        &ctx.site,
+                        script.clone(),
+                        steps::CommandSettings {
+                            env: &[],
+                            cwd: None,
+                            timeout: None,
+                            fallback: timeout,
+                        },
+                    )?;
                     let out = if sudo {
                         ctx.shell.sudo(command).await
                     } else {
@@ -451,11 +457,10 @@ async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<
     let mut jobs = Jobs::new();
     for (name, spec) in &pf.jobs {
         for a in &spec.actions {
-            let mut a = a.clone();
-            // The global timeout bounds every step of an action that sets none of its own.
-            a.timeout = a.timeout.or(cli.timeout);
+            let a = a.clone();
             let roles = a.roles.clone();
-            jobs.add(name, &roles, steps::build(a, pf.sites.clone()));
+            // The global timeout bounds every step whose action and site set none.
+            jobs.add(name, &roles, steps::build(a, pf.sites.clone(), cli.timeout));
         }
     }
     let mut involved: Vec<String> = Vec::new();
@@ -486,6 +491,30 @@ fn check(cli: &Cli) -> Result<u8, CliError> {
         .ok_or_else(|| CliError::usage("no Polyfile to check (-f FILE, or ./Polyfile.toml)"))?;
     let pf = read_polyfile(&path)?;
     let site_count = pf.sites.len();
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let source = polyshell_sites::diag::Source::new(&path.display().to_string(), &text);
+        for w in polyshell_sites::inventory::near_misses(&source) {
+            eprintln!("{}:{}:{}: warning: {}", w.file, w.line, w.column, w.message);
+        }
+    }
+    // A site without `host` runs on this machine: say which, so that a missing or
+    // mistyped host is seen before a job runs "remotely" right here.
+    let local: Vec<String> = pf
+        .sites
+        .list(polyshell_sites::ALL, ())
+        .into_iter()
+        .filter(|name| {
+            pf.sites
+                .get(name)
+                .is_some_and(|s| s.host().ok().flatten().is_none())
+        })
+        .collect();
+    if !local.is_empty() {
+        println!(
+            "sites that run on this machine (no `host`): {}",
+            polyshell_sites::range::fold(&local)
+        );
+    }
     println!(
         "{}: ok ({} site{}, {} job{}, {} schedule{})",
         path.display(),

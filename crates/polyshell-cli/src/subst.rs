@@ -36,6 +36,40 @@ pub fn placeholders(text: &str) -> Vec<(usize, String)> {
     found
 }
 
+/// What a placeholder refers to. A site's name may hold dots (every FQDN from `-H`): in
+/// `sites.SITE.KEY` and `shared.SITE.KEY` the key is the last part and the site all between.
+#[derive(Debug, PartialEq)]
+enum Ref<'a> {
+    Name,
+    Batch,
+    Host,
+    Site(&'a str),
+    Sites(&'a str, &'a str),
+    Shared(&'a str),
+    SharedOf(&'a str, &'a str),
+    Unknown,
+}
+
+fn parse(placeholder: &str) -> Ref<'_> {
+    let (head, rest) = placeholder.split_once('.').unwrap_or((placeholder, ""));
+    match (head, rest) {
+        ("name", "") => Ref::Name,
+        ("batch", "") => Ref::Batch,
+        ("host", "") => Ref::Host,
+        ("site", key) if !key.is_empty() && !key.contains('.') => Ref::Site(key),
+        ("sites", rest) => match rest.rsplit_once('.') {
+            Some((site, key)) if !site.is_empty() && !key.is_empty() => Ref::Sites(site, key),
+            _ => Ref::Unknown,
+        },
+        ("shared", rest) if !rest.is_empty() => match rest.rsplit_once('.') {
+            Some((site, key)) if !site.is_empty() && !key.is_empty() => Ref::SharedOf(site, key),
+            Some(_) => Ref::Unknown,
+            None => Ref::Shared(rest),
+        },
+        _ => Ref::Unknown,
+    }
+}
+
 const EXPECTED: &str =
     "expected name, host, batch, site.KEY, sites.SITE.KEY, shared.KEY or shared.SITE.KEY";
 
@@ -48,10 +82,9 @@ pub fn check(
     sets: &[String],
 ) -> Result<(), String> {
     let inner = placeholder.strip_prefix("raw:").unwrap_or(placeholder);
-    let parts: Vec<&str> = inner.split('.').collect();
-    match parts.as_slice() {
-        ["name"] | ["batch"] => Ok(()),
-        ["host"] => match members.iter().find(|m| {
+    match parse(inner) {
+        Ref::Name | Ref::Batch => Ok(()),
+        Ref::Host => match members.iter().find(|m| {
             sites
                 .get(m)
                 .is_some_and(|s| s.host().ok().flatten().is_none())
@@ -59,28 +92,28 @@ pub fn check(
             Some(local) => Err(format!("names nothing: site `{local}` has no host")),
             None => Ok(()),
         },
-        ["site", key] => match members
+        Ref::Site(key) => match members
             .iter()
-            .find(|m| sites.get(m).is_some_and(|s| !s.config().contains_key(*key)))
+            .find(|m| sites.get(m).is_some_and(|s| !s.config().contains_key(key)))
         {
             Some(site) => Err(format!("names nothing: site `{site}` has no `{key}`")),
             None => Ok(()),
         },
-        ["sites", site, key] => match sites.get(site) {
+        Ref::Sites(site, key) => match sites.get(site) {
             None => Err(format!("names nothing: there is no site `{site}`")),
-            Some(s) if !s.config().contains_key(*key) => {
+            Some(s) if !s.config().contains_key(key) => {
                 Err(format!("names nothing: site `{site}` has no `{key}`"))
             }
             Some(_) => Ok(()),
         },
-        ["shared", key] | ["shared", _, key] => {
+        Ref::Shared(key) | Ref::SharedOf(_, key) => {
             if sets.iter().any(|s| s == key) {
                 Ok(())
             } else {
                 Err(format!("names nothing: no step has `set = \"{key}\"`"))
             }
         }
-        _ => Err(format!("names nothing ({EXPECTED})")),
+        Ref::Unknown => Err(format!("names nothing ({EXPECTED})")),
     }
 }
 
@@ -101,37 +134,36 @@ fn text_of(v: &Value) -> String {
 }
 
 fn lookup(placeholder: &str, scope: &Scope<'_>) -> Result<String, String> {
-    let parts: Vec<&str> = placeholder.split('.').collect();
     let missing = || {
         format!(
             "`{{{placeholder}}}` names nothing on site `{}`",
             scope.site.name()
         )
     };
-    match parts.as_slice() {
-        ["name"] => Ok(scope.site.name().to_owned()),
-        ["batch"] => Ok(scope.batch.to_owned()),
-        ["host"] => scope
+    match parse(placeholder) {
+        Ref::Name => Ok(scope.site.name().to_owned()),
+        Ref::Batch => Ok(scope.batch.to_owned()),
+        Ref::Host => scope
             .site
             .host()
             .ok()
             .flatten()
             .map(str::to_owned)
             .ok_or_else(missing),
-        ["site", key] => scope
+        Ref::Site(key) => scope
             .site
             .config()
-            .get(*key)
+            .get(key)
             .map(text_of)
             .ok_or_else(missing),
-        ["sites", site, key] => scope
+        Ref::Sites(site, key) => scope
             .sites
             .get(site)
-            .and_then(|s| s.config().get(*key).map(text_of))
+            .and_then(|s| s.config().get(key).map(text_of))
             .ok_or_else(missing),
-        ["shared", key] => shared_value(scope, scope.site.name(), key).ok_or_else(missing),
-        ["shared", site, key] => shared_value(scope, site, key).ok_or_else(missing),
-        _ => Err(missing()),
+        Ref::Shared(key) => shared_value(scope, scope.site.name(), key).ok_or_else(missing),
+        Ref::SharedOf(site, key) => shared_value(scope, site, key).ok_or_else(missing),
+        Ref::Unknown => Err(missing()),
     }
 }
 
@@ -172,6 +204,46 @@ mod tests {
         let text = "echo {name} ${HOME} {} {a,b} awk '{print $1}' {site.dir} {raw:site.x} {Name}";
         let found: Vec<String> = placeholders(text).into_iter().map(|(_, p)| p).collect();
         assert_eq!(found, ["name", "site.dir", "raw:site.x"]);
+    }
+
+    #[test]
+    fn site_names_may_hold_dots() {
+        assert_eq!(
+            parse("sites.web1.example.com.port"),
+            Ref::Sites("web1.example.com", "port")
+        );
+        assert_eq!(
+            parse("shared.db.eu.example.org.rev"),
+            Ref::SharedOf("db.eu.example.org", "rev")
+        );
+        assert_eq!(parse("shared.rev"), Ref::Shared("rev"));
+        assert_eq!(parse("site.a.b"), Ref::Unknown);
+        assert_eq!(parse("sites.x"), Ref::Unknown);
+        let sites = SiteStore::new();
+        sites.add("web1.example.com", (), json!({"port": 8080}));
+        let site = sites.get("web1.example.com").unwrap();
+        let shared = Shared::default();
+        shared.set("web1.example.com", json!({"rev": "abc"}));
+        let scope = Scope {
+            site: &site,
+            sites: &sites,
+            batch: "b",
+            shared: &shared,
+        };
+        assert_eq!(
+            substitute(
+                "{sites.web1.example.com.port} {shared.web1.example.com.rev}",
+                &scope,
+                true
+            )
+            .unwrap(),
+            "8080 abc"
+        );
+        let members = vec!["web1.example.com".to_owned()];
+        assert_eq!(
+            check("sites.web1.example.com.port", &sites, &members, &[]),
+            Ok(())
+        );
     }
 
     #[test]

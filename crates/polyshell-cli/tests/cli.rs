@@ -502,3 +502,119 @@ fn absurd_durations_and_counts_are_usage_errors_that_name_the_option() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
 }
+
+fn polyfile_dir(text: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Polyfile.toml"), text).unwrap();
+    dir
+}
+
+#[test]
+fn site_keys_env_cwd_and_timeout_are_applied() {
+    let dir = polyfile_dir(
+        r#"
+[sites.box]
+env = { GREETING = "hello from the site", OVERRIDDEN = "site" }
+cwd = "/usr"
+timeout = 1
+
+[[jobs.show]]
+roles = ["box"]
+env = { OVERRIDDEN = "action" }
+run = "echo \"$GREETING|$OVERRIDDEN|$(pwd)\""
+
+[[jobs.slow]]
+roles = ["box"]
+run = "sleep 5"
+"#,
+    );
+    let out = polyshell(dir.path())
+        .args(["jobs", "show"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("box | hello from the site|action|/usr"),
+        "{}",
+        text(&out.stdout)
+    );
+    let started = std::time::Instant::now();
+    let out = polyshell(dir.path())
+        .args(["jobs", "slow"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(said.contains("timed out"), "{said}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+}
+
+#[test]
+fn placeholders_in_env_are_substituted_and_site_names_may_hold_dots() {
+    let dir = polyfile_dir(
+        r#"
+[sites."db.eu.example.org"]
+rev = "r42"
+
+[[jobs.show]]
+roles = ["db.eu.example.org"]
+env = { REV = "{sites.db.eu.example.org.rev}", ME = "{name}" }
+run = "echo $REV $ME"
+"#,
+    );
+    let out = polyshell(dir.path()).args(["check"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = polyshell(dir.path())
+        .args(["jobs", "show"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("db.eu.example.org | r42 db.eu.example.org"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
+#[test]
+fn a_mistyped_host_is_warned_about_and_local_sites_are_named() {
+    let dir = polyfile_dir(
+        r#"
+[sites.web1]
+hots = "web1.example.com"
+
+[sites.web2]
+host = "web2.example.com"
+"#,
+    );
+    let out = polyshell(dir.path()).args(["check"]).output().unwrap();
+    assert!(out.status.success());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(
+        stderr.contains("Polyfile.toml:3:1: warning: site `web1`: `hots`")
+            && stderr.contains("did you mean `host`?"),
+        "{stderr}"
+    );
+    assert!(
+        stdout.contains("sites that run on this machine (no `host`): web1\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn a_local_site_s_tilde_is_the_home_directory() {
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    std::fs::write(work.path().join("f.txt"), "x").unwrap();
+    let out = polyshell(work.path())
+        .env("HOME", home.path())
+        .args(["upload", "f.txt", "~/dest/f.txt"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(home.path().join("dest/f.txt").exists());
+    assert!(
+        !work.path().join("~").exists(),
+        "a directory named ~ was made"
+    );
+}

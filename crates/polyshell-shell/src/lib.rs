@@ -111,11 +111,11 @@ impl Transport for LocalTransport {
     }
 
     async fn upload(&self, local: &Path, remote: &str) -> Result<(), ErrorKind> {
-        transfer::copy(local, Path::new(remote)).await
+        transfer::copy(local, &transfer::site_path(remote)).await
     }
 
     async fn download(&self, remote: &str, local: &Path) -> Result<(), ErrorKind> {
-        transfer::copy(Path::new(remote), local).await
+        transfer::copy(&transfer::site_path(remote), local).await
     }
 
     fn describe(&self) -> String {

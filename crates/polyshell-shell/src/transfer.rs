@@ -4,6 +4,17 @@
 use crate::error::ErrorKind;
 use std::path::{Path, PathBuf};
 
+/// A local site's side of a transfer: `~` and `~/...` are the home directory, as the login
+/// directory is on an SSH site (a directory named `~` is never what was meant).
+pub(crate) fn site_path(path: &str) -> PathBuf {
+    let home = || std::env::var_os("HOME").map(PathBuf::from);
+    match (path, path.strip_prefix("~/")) {
+        ("~", _) => home().unwrap_or_else(|| PathBuf::from(path)),
+        (_, Some(rest)) => home().map_or_else(|| PathBuf::from(path), |h| h.join(rest)),
+        _ => PathBuf::from(path),
+    }
+}
+
 pub(crate) async fn copy(from: &Path, to: &Path) -> Result<(), ErrorKind> {
     let (from, to) = (from.to_owned(), to.to_owned());
     tokio::task::spawn_blocking(move || copy_blocking(&from, &to))

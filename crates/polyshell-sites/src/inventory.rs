@@ -250,6 +250,66 @@ fn load_roles(
     }
 }
 
+/// The site and role keys Polyshell itself reads; every other key is free-form configuration.
+pub const KNOWN_SITE_KEYS: &[&str] = &[
+    "host",
+    "user",
+    "port",
+    "identity",
+    "sh",
+    "cwd",
+    "password_agent",
+    "timeout",
+    "connect_timeout",
+    "env",
+    "roles",
+    "ssh",
+    "args",
+    "proxy_jump",
+];
+
+/// Site and role keys that look like a mistyped key Polyshell reads (`hots` for `host`):
+/// free-form keys are allowed, so these are warnings, each with its position and the key it
+/// probably meant. A mistyped `host` would otherwise make a remote site silently local.
+pub fn near_misses(source: &Source) -> Vec<Diagnostic> {
+    let Ok(doc) = toml_edit::ImDocument::parse(source.text()) else {
+        return Vec::new(); // `load` reports the syntax error
+    };
+    let mut found = Vec::new();
+    for section in ["sites", "roles"] {
+        let Some(tables) = doc.get(section).and_then(Item::as_table_like) else {
+            continue;
+        };
+        for (name, item) in tables.iter() {
+            let Some(table) = item.as_table_like() else {
+                continue;
+            };
+            for (key, _) in table.iter() {
+                if KNOWN_SITE_KEYS.contains(&key) {
+                    continue;
+                }
+                let meant = KNOWN_SITE_KEYS.iter().find(|known| {
+                    let limit = if known.len() <= 4 { 1 } else { 2 };
+                    key.eq_ignore_ascii_case(known)
+                        || strsim::damerau_levenshtein(key, known) <= limit
+                });
+                if let Some(meant) = meant {
+                    let span = table.key(key).and_then(|k| k.span());
+                    let owner = if section == "sites" { "site" } else { "role" };
+                    found.push(source.error(
+                        span,
+                        format!(
+                            "{owner} `{name}`: `{key}` is not a key Polyshell reads; \
+                             did you mean `{meant}`? (other keys are free-form configuration)"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    found
+}
+
 /// Converts a TOML item to a JSON value, checking the types of the keys Polyshell reads.
 fn checked_value(
     source: &Source,
@@ -271,12 +331,16 @@ fn checked_value(
         ("host" | "user" | "identity" | "sh" | "cwd" | "password_agent", _) => Some("a string"),
         ("port", Value::Number(n)) if n.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => None,
         ("port", _) => Some("a port number from 1 to 65535"),
+        // TOML has `inf` and `nan`: a duration is finite, positive, at most a year.
         ("timeout" | "connect_timeout", Value::Number(n))
-            if n.as_f64().is_some_and(|s| s >= 0.0) =>
+            if n.as_f64()
+                .is_some_and(|s| s.is_finite() && s > 0.0 && s <= 365.0 * 86400.0) =>
         {
             None
         }
-        ("timeout" | "connect_timeout", _) => Some("a number of seconds"),
+        ("timeout" | "connect_timeout", _) => {
+            Some("a number of seconds, more than 0 and at most a year")
+        }
         ("env", Value::Object(vars)) if vars.values().all(|v| !v.is_object() && !v.is_array()) => {
             None
         }
