@@ -492,7 +492,7 @@ fn check(cli: &Cli) -> Result<u8, CliError> {
     let pf = read_polyfile(&path)?;
     let site_count = pf.sites.len();
     if let Ok(text) = std::fs::read_to_string(&path) {
-        let source = polyshell_sites::diag::Source::new(&path.display().to_string(), &text);
+        let source = polyshell_sites::diag::Source::new(path.display().to_string(), &text);
         for w in polyshell_sites::inventory::near_misses(&source) {
             eprintln!("{}:{}:{}: warning: {}", w.file, w.line, w.column, w.message);
         }
