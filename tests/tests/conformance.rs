@@ -520,7 +520,7 @@ async fn run(name: &str, behaviour: Behaviour, t: &Target) -> Check {
     }
     match tokio::time::timeout(Duration::from_secs(240), behaviour(t)).await {
         Ok(outcome) => outcome,
-        Err(_) => Err(format!("did not finish within 240 s")),
+        Err(_) => Err("did not finish within 240 s".to_owned()),
     }
 }
 
