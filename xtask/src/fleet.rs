@@ -495,17 +495,7 @@ fn spawn_under_reaper(fleet: &mut Fleet, configs: Vec<(PathBuf, PathBuf)>) -> Re
     for (config, log) in &configs {
         cmd.arg(config).arg(log);
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    // SAFETY: setsid is async-signal-safe; detaching keeps the fleet alive after xtask exits
-    // and out of the terminal's process group (a Ctrl-C there must not kill it half-way).
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+    detached(&mut cmd);
     let expected = configs.len();
     let mut reaper = cmd.spawn().context("starting the fleet's reaper")?;
     fleet.reaper = Some(reaper.id());
@@ -529,6 +519,21 @@ fn spawn_under_reaper(fleet: &mut Fleet, configs: Vec<(PathBuf, PathBuf)>) -> Re
         );
     }
     Ok(())
+}
+
+/// Makes `cmd` a process of the fleet: in a session of its own (so it outlives xtask and a
+/// Ctrl-C in the terminal cannot kill it half-way), no stdin, stdout piped for its report.
+pub fn detached(cmd: &mut Command) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
 }
 
 /// The reaper's body (`xtask fleet-reaper CONFIG LOG ...`): become a child subreaper, start

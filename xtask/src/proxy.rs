@@ -7,8 +7,7 @@
 
 use anyhow::{bail, Context, Result};
 use polyshell_tests::Fleet;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,17 +32,8 @@ pub fn start(fleet: &mut Fleet, port: u16) -> Result<()> {
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.arg("fleet-proxy")
         .arg(fleet.rtt_ms.to_string())
-        .arg(&map)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    // SAFETY: setsid is async-signal-safe; the proxy outlives xtask, like the fleet.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::setsid();
-            Ok(())
-        });
-    }
+        .arg(&map);
+    crate::fleet::detached(&mut cmd);
     let mut child = cmd.spawn().context("starting the delay proxy")?;
     fleet.proxy = Some(child.id());
     let stdout = child.stdout.take().context("the proxy's stdout")?;

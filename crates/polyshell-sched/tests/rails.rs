@@ -320,6 +320,26 @@ proptest! {
 
 // ---- the cases that broke, by name ------------------------------------------------------
 
+/// Runs `schedule` on a paused clock; a run that does not end within an hour of it deadlocked.
+fn run_to_end(
+    sites: SiteStore,
+    jobs: Jobs,
+    schedule: &Schedule,
+) -> polyshell_sched::ScheduleResult {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let batch = Batch::new(sites, jobs, Arc::new(LocalShells));
+    rt.block_on(async {
+        tokio::time::timeout(Duration::from_secs(3600), batch.run(schedule))
+            .await
+            .expect("deadlocked")
+            .unwrap()
+    })
+}
+
 fn all_fail(sites: usize, jobs: usize) -> Vec<(u64, bool)> {
     vec![(5, true); sites * jobs]
 }
@@ -450,18 +470,7 @@ fn action_locks_are_taken_in_the_global_order_with_the_job_s() {
     jobs.add("b", ["r"], slow()).lock_action("b", l2.clone());
     jobs.lock("a", l2).lock("b", l1);
     let schedule = Schedule::new(["a", "b"]).mode(Mode::Parallel);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    let batch = Batch::new(sites, jobs, Arc::new(LocalShells));
-    let result = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), batch.run(&schedule))
-            .await
-            .expect("deadlocked")
-            .unwrap()
-    });
+    let result = run_to_end(sites, jobs, &schedule);
     assert!(result.outcomes.iter().all(|o| o.status == Status::Ok));
 }
 
@@ -476,17 +485,6 @@ fn a_barrier_after_a_semaphore_does_not_deadlock() {
     let mut schedule = Schedule::new(["j"]).mode(Mode::Parallel);
     schedule.locks.push(semaphore);
     schedule.locks.push(barrier);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .start_paused(true)
-        .build()
-        .unwrap();
-    let batch = Batch::new(sites, jobs, Arc::new(LocalShells));
-    let result = rt.block_on(async {
-        tokio::time::timeout(Duration::from_secs(60), batch.run(&schedule))
-            .await
-            .expect("deadlocked")
-            .unwrap()
-    });
+    let result = run_to_end(sites, jobs, &schedule);
     assert!(result.outcomes.iter().all(|o| o.status == Status::Ok));
 }

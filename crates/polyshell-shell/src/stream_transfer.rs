@@ -120,9 +120,31 @@ struct Outcome {
     stderr: Vec<u8>,
 }
 
-fn keep_stderr(stderr: &mut Vec<u8>, chunk: &[u8]) {
-    let room = STDERR_KEPT.saturating_sub(stderr.len());
-    stderr.extend_from_slice(&chunk[..chunk.len().min(room)]);
+/// What one event of the transfer's command means: output for the transfer, nothing to
+/// act on (stderr is kept for the error message), or the end.
+enum Seen {
+    Stdout(Vec<u8>),
+    Nothing,
+    End(Outcome),
+}
+
+fn see(event: ProcEvent, stderr: &mut Vec<u8>) -> Seen {
+    match event {
+        ProcEvent::Output(Stream::Stdout, chunk) => Seen::Stdout(chunk),
+        ProcEvent::Output(Stream::Stderr, chunk) => {
+            let room = STDERR_KEPT.saturating_sub(stderr.len());
+            stderr.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            Seen::Nothing
+        }
+        ProcEvent::Exit(status) => Seen::End(Outcome {
+            result: Ok(status),
+            stderr: std::mem::take(stderr),
+        }),
+        ProcEvent::Failed(kind) => Seen::End(Outcome {
+            result: Err(kind),
+            stderr: std::mem::take(stderr),
+        }),
+    }
 }
 
 /// Writes every piece from `source` to the command's stdin while reading its output.
@@ -143,7 +165,7 @@ async fn feed(process: &mut dyn Process, mut source: mpsc::Receiver<Piece>) -> O
                     return Outcome {
                         result: Err(ErrorKind::Transfer(e)),
                         stderr,
-                    }
+                    };
                 }
                 None => {
                     input_done = true;
@@ -164,21 +186,8 @@ async fn feed(process: &mut dyn Process, mut source: mpsc::Receiver<Piece>) -> O
                 at = piece.len();
                 continue;
             }
-            match process.next().await {
-                ProcEvent::Output(Stream::Stderr, chunk) => keep_stderr(&mut stderr, &chunk),
-                ProcEvent::Output(Stream::Stdout, _) => {}
-                ProcEvent::Exit(status) => {
-                    return Outcome {
-                        result: Ok(status),
-                        stderr,
-                    }
-                }
-                ProcEvent::Failed(kind) => {
-                    return Outcome {
-                        result: Err(kind),
-                        stderr,
-                    }
-                }
+            if let Seen::End(outcome) = see(process.next().await, &mut stderr) {
+                return outcome;
             }
             continue;
         };
@@ -191,12 +200,11 @@ async fn feed(process: &mut dyn Process, mut source: mpsc::Receiver<Piece>) -> O
                     w.close().await;
                 }
             },
-            event = process.next() => match event {
-                ProcEvent::Output(Stream::Stderr, chunk) => keep_stderr(&mut stderr, &chunk),
-                ProcEvent::Output(Stream::Stdout, _) => {}
-                ProcEvent::Exit(status) => return Outcome { result: Ok(status), stderr },
-                ProcEvent::Failed(kind) => return Outcome { result: Err(kind), stderr },
-            },
+            event = process.next() => {
+                if let Seen::End(outcome) = see(event, &mut stderr) {
+                    return outcome;
+                }
+            }
         }
     }
 }
@@ -206,24 +214,11 @@ async fn drain(process: &mut dyn Process, sink: mpsc::Sender<Vec<u8>>) -> Outcom
     let mut stderr = Vec::new();
     process.close_stdin().await;
     loop {
-        match process.next().await {
-            ProcEvent::Output(Stream::Stdout, chunk) => {
-                // The unpacking side stopped (an error it reports itself): keep draining.
-                let _ = sink.send(chunk).await;
-            }
-            ProcEvent::Output(Stream::Stderr, chunk) => keep_stderr(&mut stderr, &chunk),
-            ProcEvent::Exit(status) => {
-                return Outcome {
-                    result: Ok(status),
-                    stderr,
-                }
-            }
-            ProcEvent::Failed(kind) => {
-                return Outcome {
-                    result: Err(kind),
-                    stderr,
-                }
-            }
+        match see(process.next().await, &mut stderr) {
+            // The unpacking side stopped (an error it reports itself): keep draining.
+            Seen::Stdout(chunk) => drop(sink.send(chunk).await),
+            Seen::Nothing => {}
+            Seen::End(outcome) => return outcome,
         }
     }
 }
