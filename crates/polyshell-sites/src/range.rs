@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 
 /// The most names one pattern may expand to: a typo like `web[1-1000000000]` is an error,
-/// not an out-of-memory.
+/// not an out-of-memory. Counted before duplicates are removed (`n[1-9,1-9]` counts 18),
+/// from the parsed pattern alone, so rejecting costs no more than reading the pattern.
 pub const MAX_EXPANSION: usize = 1_000_000;
 
 /// Numbers longer than this are text, not a range dimension (they would overflow `u64`).
@@ -39,27 +40,34 @@ pub fn expand(pattern: &str) -> Result<Vec<String>, RangeError> {
         offset,
         message,
     };
-    let mut names = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    // First the whole pattern is parsed and counted, then names are made: a pattern is
+    // rejected in time and memory proportional to its own length, never to its expansion.
+    let mut terms = Vec::new();
+    let mut total: u64 = 0;
     for (start, term) in split_terms(pattern).map_err(|(o, m)| err(o, m))? {
         if term.trim().is_empty() {
             return Err(err(start, "empty name".into()));
         }
         let parts = parse_term(term).map_err(|(o, m)| err(start + o, m))?;
-        let count = parts.iter().try_fold(1usize, |acc, p| match p {
+        let count = parts.iter().try_fold(1u64, |acc, p| match p {
             Part::Text(_) => Some(acc),
-            Part::Numbers(n) => acc.checked_mul(n.len()),
+            Part::Numbers(specs) => acc.checked_mul(count_of(specs)?),
         });
-        match count {
-            Some(c) if c + names.len() <= MAX_EXPANSION => {}
+        total = match count.and_then(|c| total.checked_add(c)) {
+            Some(t) if t <= MAX_EXPANSION as u64 => t,
             _ => {
                 return Err(err(
                     start,
                     format!("expands to more than {MAX_EXPANSION} names"),
                 ))
             }
-        }
-        product(&parts, &mut String::new(), &mut |name| {
+        };
+        terms.push(parts);
+    }
+    let mut names = Vec::with_capacity(total as usize);
+    let mut seen = std::collections::HashSet::with_capacity(total as usize);
+    for parts in &terms {
+        product(parts, &mut String::new(), &mut |name| {
             if seen.insert(name.to_owned()) {
                 names.push(name.to_owned());
             }
@@ -75,8 +83,24 @@ pub fn is_pattern(name: &str) -> bool {
 
 enum Part {
     Text(String),
-    /// Already formatted numbers of one bracket, in order.
-    Numbers(Vec<String>),
+    /// The ranges of one bracket, in order (names are made from them only once the whole
+    /// pattern is known to be within budget).
+    Numbers(Vec<Span>),
+}
+
+/// `lo` to `hi` by `step`, each number padded to `pad` digits.
+struct Span {
+    lo: u64,
+    hi: u64,
+    step: u64,
+    pad: usize,
+}
+
+/// How many numbers a bracket stands for (an upper bound when its ranges overlap).
+fn count_of(spans: &[Span]) -> Option<u64> {
+    spans
+        .iter()
+        .try_fold(0u64, |acc, s| acc.checked_add((s.hi - s.lo) / s.step + 1))
 }
 
 fn split_terms(pattern: &str) -> Result<Vec<(usize, &str)>, (usize, String)> {
@@ -130,12 +154,11 @@ fn parse_term(term: &str) -> Result<Vec<Part>, (usize, String)> {
     Ok(parts)
 }
 
-fn parse_bracket(body: &str) -> Result<Vec<String>, (usize, String)> {
+fn parse_bracket(body: &str) -> Result<Vec<Span>, (usize, String)> {
     if body.is_empty() {
         return Err((0, "empty `[]`".into()));
     }
     let mut out = Vec::new();
-    let mut seen = std::collections::HashSet::new();
     let mut offset = 0;
     for item in body.split(',') {
         let (range, step) = match item.split_once('/') {
@@ -167,14 +190,12 @@ fn parse_bracket(body: &str) -> Result<Vec<String>, (usize, String)> {
         } else {
             0
         };
-        let mut v = lo_n;
-        while v <= hi_n {
-            let s = format!("{v:0pad$}");
-            if seen.insert(s.clone()) {
-                out.push(s);
-            }
-            v += step;
-        }
+        out.push(Span {
+            lo: lo_n,
+            hi: hi_n,
+            step,
+            pad,
+        });
         offset += item.len() + 1;
     }
     Ok(out)
@@ -198,11 +219,16 @@ fn product(parts: &[Part], prefix: &mut String, emit: &mut dyn FnMut(&str)) {
             prefix.push_str(t);
             product(rest, prefix, emit);
         }
-        Part::Numbers(numbers) => {
-            for n in numbers {
-                prefix.push_str(n);
-                product(rest, prefix, emit);
-                prefix.truncate(len);
+        Part::Numbers(spans) => {
+            for span in spans {
+                let mut v = span.lo;
+                while v <= span.hi {
+                    use std::fmt::Write as _;
+                    let _ = write!(prefix, "{v:0pad$}", pad = span.pad);
+                    product(rest, prefix, emit);
+                    prefix.truncate(len);
+                    v += span.step;
+                }
             }
         }
     }
