@@ -40,9 +40,9 @@ fn peak_while(f: impl FnOnce()) -> usize {
 #[test]
 fn hostile_patterns_are_rejected_without_materialising_them() {
     // The 103 bytes: eleven `1-999999` ranges in one bracket.
-    let eleven = format!("web[{}]", vec!["1-999999"; 11].join(","));
+    let eleven = format!("web[{}]", ["1-999999"; 11].join(","));
     assert_eq!(eleven.len(), 103);
-    let many = format!("n[{}]", vec!["1-999999"; 56].join(","));
+    let many = format!("n[{}]", ["1-999999"; 56].join(","));
     assert!(many.len() >= 500);
     let terms: Vec<String> = (0..700).map(|i| format!("h{i}[1-99999]")).collect();
     let ten_kb = terms.join(",");
