@@ -71,7 +71,7 @@ fn cargo_test(cargo_args: &[&str], test_args: &[&str]) -> Result<std::process::E
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     Command::new(cargo)
         .current_dir(crate::workspace_root())
-        .args(["test", "--workspace"])
+        .args(["test", "--workspace", "--no-fail-fast"])
         .args(cargo_args)
         .args(["--", "--include-ignored"])
         .args(test_args)

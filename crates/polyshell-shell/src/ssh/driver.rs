@@ -53,7 +53,7 @@ pub(crate) async fn retry<T>(
     mut call: impl FnMut() -> Result<T, ssh2::Error>,
 ) -> Result<T, ssh2::Error> {
     loop {
-        match call() {
+        match super::gate::measured(&mut call) {
             Err(e) if is_eagain(&e) => {
                 wait_socket(session, fd).await.map_err(|io| {
                     ssh2::Error::new(ssh2::ErrorCode::Session(-7), leak(io.to_string()))

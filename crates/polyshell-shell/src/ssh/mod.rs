@@ -5,6 +5,7 @@
 mod cache;
 mod connect;
 mod driver;
+mod gate;
 mod keys;
 mod target;
 
@@ -40,18 +41,6 @@ fn runtime() -> &'static tokio::runtime::Runtime {
             .enable_all()
             .build()
             .expect("cannot start the polyshell-ssh runtime")
-    })
-}
-
-/// How many connections may be in their handshake at once: handshakes cost CPU on both
-/// ends, and a flood only makes every one of them slower (and trips sshd's MaxStartups).
-fn handshake_slots() -> &'static Semaphore {
-    static SLOTS: OnceLock<Semaphore> = OnceLock::new();
-    SLOTS.get_or_init(|| {
-        let cores = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(2);
-        Semaphore::new((cores * 16).max(32))
     })
 }
 
@@ -160,8 +149,7 @@ async fn connect_one(
     target: &target::Target,
     via: Option<&Connection>,
 ) -> Result<Connection, ErrorKind> {
-    let _slot = handshake_slots().acquire().await;
-    connect::connect(target, via).await
+    gate::handshakes().run(connect::connect(target, via)).await
 }
 
 /// The libssh2 transport of one site.

@@ -1,0 +1,191 @@
+//! How many connections may be in their handshake at once, bounded by what is scarce.
+//!
+//! A handshake is a little CPU (key exchange, signatures) and several round trips of
+//! waiting. Where the machine's CPU is the limit (a fleet on loopback, or this machine busy),
+//! more handshakes at once only make each slower: the gate keeps its base, `cores × 16`.
+//! Where handshakes mostly wait on the network (the machine idle meanwhile), the gate grows
+//! by Little's law — enough in flight to keep the cores busy: `cores × wall ÷ cpu` of a
+//! handshake — up to what the file descriptor limit allows. It never shrinks within a run:
+//! a run's sites sit on one kind of network.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, SemaphorePermit};
+
+/// The most handshakes ever in flight at once.
+const CAP: usize = 1024;
+/// The machine counts as idle enough to grow when this share of its CPU time is idle.
+const IDLE_TO_GROW: f64 = 0.4;
+
+tokio::task_local! {
+    /// CPU time this task spent inside libssh2 calls of the current handshake.
+    static CPU_SPENT: Cell<Duration>;
+}
+
+/// The calling thread's CPU time.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we pass and reads nothing else.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Runs one synchronous libssh2 call, adding its CPU time to the handshake's (if any).
+pub(crate) fn measured<T>(call: impl FnOnce() -> T) -> T {
+    let before = thread_cpu();
+    let out = call();
+    let spent = thread_cpu().saturating_sub(before);
+    let _ = CPU_SPENT.try_with(|c| c.set(c.get() + spent));
+    out
+}
+
+/// The share of the machine's CPU time that was idle since the last sample (`/proc/stat`).
+struct IdleMeter {
+    last: Option<(u64, u64)>,
+    idle_share: f64,
+    sampled: Option<Instant>,
+}
+
+impl IdleMeter {
+    fn read() -> Option<(u64, u64)> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let fields: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        let idle = fields.get(3)? + fields.get(4).unwrap_or(&0);
+        Some((idle, fields.iter().sum()))
+    }
+
+    /// The idle share, sampled at most every 100 ms.
+    fn idle_share(&mut self) -> f64 {
+        if self
+            .sampled
+            .is_some_and(|at| at.elapsed() < Duration::from_millis(100))
+        {
+            return self.idle_share;
+        }
+        self.sampled = Some(Instant::now());
+        let Some(now) = Self::read() else {
+            return 0.0; // unknown: never grow
+        };
+        if let Some((idle, total)) = self.last {
+            let (d_idle, d_total) = (now.0.saturating_sub(idle), now.1.saturating_sub(total));
+            if d_total > 0 {
+                self.idle_share = d_idle as f64 / d_total as f64;
+            }
+        }
+        self.last = Some(now);
+        self.idle_share
+    }
+}
+
+struct Stats {
+    /// Moving averages of a handshake's wall and CPU time, in seconds.
+    wall: f64,
+    cpu: f64,
+    samples: u32,
+    idle: IdleMeter,
+}
+
+pub(crate) struct HandshakeGate {
+    slots: Semaphore,
+    granted: AtomicUsize,
+    cores: usize,
+    cap: usize,
+    stats: Mutex<Stats>,
+}
+
+impl HandshakeGate {
+    fn new() -> HandshakeGate {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let base = (cores * 16).max(32);
+        HandshakeGate {
+            slots: Semaphore::new(base),
+            granted: AtomicUsize::new(base),
+            cores,
+            cap: CAP.min(fd_budget()).max(base),
+            stats: Mutex::new(Stats {
+                wall: 0.0,
+                cpu: 0.0,
+                samples: 0,
+                idle: IdleMeter {
+                    last: IdleMeter::read(),
+                    idle_share: 0.0,
+                    sampled: Some(Instant::now()),
+                },
+            }),
+        }
+    }
+
+    /// Runs `handshake` holding a slot, measuring it.
+    pub(crate) async fn run<T>(&self, handshake: impl std::future::Future<Output = T>) -> T {
+        let _slot: Option<SemaphorePermit> = self.slots.acquire().await.ok();
+        let started = Instant::now();
+        let (out, cpu) = CPU_SPENT
+            .scope(Cell::new(Duration::ZERO), async {
+                let out = handshake.await;
+                (out, CPU_SPENT.with(Cell::get))
+            })
+            .await;
+        self.observe(started.elapsed(), cpu);
+        out
+    }
+
+    fn observe(&self, wall: Duration, cpu: Duration) {
+        let mut stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+        let (wall, cpu) = (wall.as_secs_f64(), cpu.as_secs_f64().max(1e-5));
+        let weight = if stats.samples < 8 { 0.5 } else { 0.1 };
+        stats.wall += (wall - stats.wall) * weight;
+        stats.cpu += (cpu - stats.cpu) * weight;
+        stats.samples += 1;
+        if stats.samples < 4 || stats.idle.idle_share() < IDLE_TO_GROW {
+            return;
+        }
+        let target = ((self.cores as f64) * stats.wall / stats.cpu).ceil() as usize;
+        let target = target.min(self.cap);
+        let granted = self.granted.load(Ordering::Relaxed);
+        if target > granted {
+            self.granted.store(target, Ordering::Relaxed);
+            self.slots.add_permits(target - granted);
+            tracing::debug!(
+                handshakes = target,
+                wall_ms = stats.wall * 1e3,
+                cpu_ms = stats.cpu * 1e3,
+                "handshakes wait on the network: more at once"
+            );
+        }
+    }
+}
+
+/// Handshakes the file descriptor limit leaves room for (a site may hold two descriptors,
+/// and the rest of the process needs some).
+fn fd_budget() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return 0;
+    }
+    (limit.rlim_cur as usize / 4).saturating_sub(16)
+}
+
+/// The process's gate.
+pub(crate) fn handshakes() -> &'static HandshakeGate {
+    static GATE: OnceLock<HandshakeGate> = OnceLock::new();
+    GATE.get_or_init(HandshakeGate::new)
+}
