@@ -73,12 +73,29 @@ pub(crate) async fn upload(
             .ok_or_else(|| err(local, "not a file name"))?;
         let mode = meta.permissions().mode() & 0o7777;
         tokio::task::spawn_blocking(move || {
-            let mut out = ChannelWriter::new(tx);
-            let result = std::fs::File::open(&local_owned)
-                .and_then(|mut file| std::io::copy(&mut file, &mut out))
-                .and_then(|_| out.flush());
-            if let Err(e) = result {
-                out.fail(e);
+            // Whole pieces straight from the file (`io::copy` would go 8 KiB at a time).
+            let send = |tx: &mpsc::Sender<Piece>| -> std::io::Result<()> {
+                let mut file = std::fs::File::open(&local_owned)?;
+                loop {
+                    let mut piece = vec![0u8; PIECE];
+                    let mut filled = 0;
+                    while filled < PIECE {
+                        match file.read(&mut piece[filled..])? {
+                            0 => break,
+                            n => filled += n,
+                        }
+                    }
+                    if filled == 0 {
+                        return Ok(());
+                    }
+                    piece.truncate(filled);
+                    if tx.blocking_send(Ok(piece)).is_err() {
+                        return Ok(()); // the transfer ended; it reports why
+                    }
+                }
+            };
+            if let Err(e) = send(&tx) {
+                let _ = tx.blocking_send(Err(e.to_string()));
             }
         });
         format!(
@@ -356,8 +373,7 @@ fn unpack(reader: impl Read, to: &Path) -> Result<(), ErrorKind> {
                 if let Some(parent) = dest.parent().filter(|p| !p.as_os_str().is_empty()) {
                     std::fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
                 }
-                entry.unpack(&dest).map_err(|e| err(&dest, e))?;
-                return Ok(());
+                return write_entry(&mut entry, &dest, mode);
             }
             std::fs::create_dir_all(to).map_err(|e| err(to, e))?;
             dirs.push((to.to_owned(), mode & 0o777));
@@ -369,6 +385,12 @@ fn unpack(reader: impl Read, to: &Path) -> Result<(), ErrorKind> {
             let dest = no_link_on_the_way(to, &path)?;
             std::fs::create_dir_all(&dest).map_err(|e| err(&dest, e))?;
             dirs.push((dest, mode & 0o777));
+        } else if entry.header().entry_type().is_file() {
+            let dest = no_link_on_the_way(to, &path)?;
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(|e| err(parent, e))?;
+            }
+            write_entry(&mut entry, &dest, mode)?;
         } else {
             entry.unpack_in(to).map_err(|e| err(&to.join(&path), e))?;
         }
@@ -381,6 +403,28 @@ fn unpack(reader: impl Read, to: &Path) -> Result<(), ErrorKind> {
             .map_err(|e| err(&dir, e))?;
     }
     Ok(())
+}
+
+/// Writes a file entry to `dest` (replacing what is there) through a large buffer, then
+/// gives it `mode` without set-uid/set-gid bits; other entry types go through `tar`.
+fn write_entry(entry: &mut impl Read, dest: &Path, mode: u32) -> Result<(), ErrorKind> {
+    if std::fs::symlink_metadata(dest).is_ok_and(|m| !m.is_dir()) {
+        // A new file, not a write through whatever (perhaps a link) was there.
+        std::fs::remove_file(dest).map_err(|e| err(dest, e))?;
+    }
+    let file = std::fs::File::create(dest).map_err(|e| err(dest, e))?;
+    let mut out = std::io::BufWriter::with_capacity(PIECE * 4, file);
+    let mut buf = vec![0u8; PIECE * 4];
+    loop {
+        let n = entry.read(&mut buf).map_err(|e| err(dest, e))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(|e| err(dest, e))?;
+    }
+    out.flush().map_err(|e| err(dest, e))?;
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(mode & 0o777))
+        .map_err(|e| err(dest, e))
 }
 
 /// `to/rel`, after checking that no part of it below `to` is a symbolic link.

@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Events a channel may queue for its reader before the driver stops reading it (the SSH
 /// window then fills and the remote side waits): bounded memory for any output size.
-const EVENT_QUEUE: usize = 8;
+const EVENT_QUEUE: usize = 32;
 
 /// The runtime that drives every SSH connection of this process. Callers may use any
 /// runtime (even a current-thread one): they talk to connections through channels.
@@ -352,7 +352,8 @@ struct SshStdin {
 #[async_trait]
 impl StdinWriter for SshStdin {
     async fn write(&mut self, data: &[u8]) -> Result<usize, ErrorKind> {
-        let n = data.len().min(32 * 1024);
+        // Large requests: fewer wake-ups of the driver for a stream of input.
+        let n = data.len().min(256 * 1024);
         if n == 0 {
             return Ok(0);
         }
