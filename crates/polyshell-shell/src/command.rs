@@ -22,6 +22,8 @@ pub struct Command {
     pub(crate) timeout: Option<Duration>,
     pub(crate) capture_limit: usize,
     pub(crate) pty: bool,
+    /// A bulk data stream (a transfer): the transport may buffer more of its output.
+    pub(crate) bulk: bool,
 }
 
 impl Command {
@@ -34,6 +36,7 @@ impl Command {
             timeout: None,
             capture_limit: DEFAULT_CAPTURE_LIMIT,
             pty: false,
+            bulk: false,
         }
     }
 
@@ -82,6 +85,12 @@ impl Command {
     /// need. stdout and stderr then arrive merged on stdout, lines ending in `\r\n`.
     pub fn pty(mut self, on: bool) -> Command {
         self.pty = on;
+        self
+    }
+
+    /// Marks the command as a bulk data stream (a transfer).
+    pub(crate) fn bulk(mut self) -> Command {
+        self.bulk = true;
         self
     }
 

@@ -104,7 +104,7 @@ pub(crate) async fn upload(
              cat > \"$d\" && chmod {mode:o} \"$d\""
         )
     };
-    let mut process = transport.spawn(&Command::new(script)).await?;
+    let mut process = transport.spawn(&Command::new(script).bulk()).await?;
     let outcome = feed(process.as_mut(), rx).await;
     finish(process, outcome, &format!("upload to {remote}")).await
 }
@@ -123,7 +123,7 @@ pub(crate) async fn download(
     let (tx, rx) = mpsc::channel::<Vec<u8>>(PIECES);
     let to = local.to_owned();
     let unpacking = tokio::task::spawn_blocking(move || unpack(ChannelReader::new(rx), &to));
-    let mut process = transport.spawn(&Command::new(script)).await?;
+    let mut process = transport.spawn(&Command::new(script).bulk()).await?;
     let outcome = drain(process.as_mut(), tx).await;
     finish(process, outcome, &format!("download of {remote}")).await?;
     unpacking

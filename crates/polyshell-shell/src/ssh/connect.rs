@@ -144,6 +144,7 @@ fn bridge(bastion: &Connection, host: &str, port: u16, sock: tokio::net::UnixStr
             host: host.to_owned(),
             port,
         },
+        super::EVENT_QUEUE,
     );
     tokio::spawn(async move {
         let Ok(mut process) = process else { return };

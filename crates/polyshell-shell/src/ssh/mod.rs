@@ -24,7 +24,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 
 /// Events a channel may queue for its reader before the driver stops reading it (the SSH
 /// window then fills and the remote side waits): bounded memory for any output size.
-const EVENT_QUEUE: usize = 32;
+const EVENT_QUEUE: usize = 8;
+/// The same for a bulk stream (a transfer), where a deeper queue keeps the data moving: one
+/// such stream per site at a time, so the bound stays small for the run.
+const BULK_EVENT_QUEUE: usize = 32;
 
 /// The runtime that drives every SSH connection of this process. Callers may use any
 /// runtime (even a current-thread one): they talk to connections through channels.
@@ -188,12 +191,18 @@ impl Transport for SshTransport {
         let conn = self.connection().await?;
         let script =
             crate::command::login_shell_line(&command.remote_script(Some(&conn.pid_marker)));
+        let queue = if command.bulk {
+            BULK_EVENT_QUEUE
+        } else {
+            EVENT_QUEUE
+        };
         Ok(Box::new(SshProcess::open(
             &conn,
             OpenKind::Exec {
                 script,
                 pty: command.pty,
             },
+            queue,
         )?))
     }
 
@@ -230,9 +239,9 @@ pub(crate) struct SshProcess {
 }
 
 impl SshProcess {
-    fn open(conn: &Connection, kind: OpenKind) -> Result<SshProcess, ErrorKind> {
+    fn open(conn: &Connection, kind: OpenKind, queue: usize) -> Result<SshProcess, ErrorKind> {
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = mpsc::channel(EVENT_QUEUE);
+        let (tx, rx) = mpsc::channel(queue);
         let full = Arc::new(AtomicBool::new(false));
         let credit = connect::new_credit();
         conn.tx
