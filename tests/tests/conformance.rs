@@ -332,7 +332,14 @@ async fn cancel_before_any_output_leaves_no_process(t: &Target) -> Check {
     for sleep in &sleeps {
         no_process_left(t, sleep).await?;
     }
-    Ok("9 cancel points".into())
+    // The connection is still good for the next command (a channel abandoned half-open
+    // must not block the ones after it).
+    let next = tokio::time::timeout(Duration::from_secs(20), shell.run("echo alive")).await;
+    ensure(
+        matches!(&next, Ok(Ok(out)) if out.stdout_text() == "alive\n"),
+        || format!("the next command on the same connection: {next:?}"),
+    )?;
+    Ok("9 cancel points, connection still usable".into())
 }
 
 async fn sudo_by_marker(t: &Target) -> Check {

@@ -198,6 +198,8 @@ struct Op {
     pty_ready: bool,
     /// `exec` was sent (perhaps still unanswered): the command may be running.
     exec_sent: bool,
+    /// Cancelled while its channel was opening: closed as soon as the open completes.
+    abandoned: bool,
     /// Terminated before its pid line arrived: kill the group as soon as it does, unless
     /// the command ends first or the deadline passes.
     kill_pending: Option<Instant>,
@@ -358,6 +360,10 @@ impl Driver {
             // until it is (it is the first thing the command prints), then kill.
             (None, true) => op.kill_pending = Some(Instant::now() + PID_WAIT),
             // Never started: closing the channel is all there is to do.
+            // Never started. A channel still opening cannot be dropped half-way: libssh2
+            // opens one channel at a time per session and keeps that open's state, so an
+            // abandoned open would block every later channel. It is closed once open.
+            (None, false) if matches!(op.state, State::Opening) => op.abandoned = true,
             (None, false) => op.close(),
         }
     }
@@ -431,6 +437,9 @@ impl Driver {
         }
         match std::mem::replace(&mut op.state, State::Done) {
             State::Opening => {
+                if op.abandoned && *opening != Some(op.id) {
+                    return Ok(true); // its open never began: Done, nothing to close
+                }
                 if opening.is_some_and(|o| o != op.id) {
                     op.state = State::Opening; // libssh2 opens one channel at a time
                     return Ok(false);
@@ -442,6 +451,11 @@ impl Driver {
                     }
                 };
                 match opened {
+                    Ok(ch) if op.abandoned => {
+                        *opening = None;
+                        op.state = State::Closing(ch);
+                        Ok(true)
+                    }
                     Ok(ch) => {
                         *opening = None;
                         op.state = match op.kind {
@@ -583,6 +597,7 @@ impl Op {
             internal,
             pty_ready: false,
             exec_sent: false,
+            abandoned: false,
             kill_pending: None,
         }
     }
