@@ -495,7 +495,7 @@ fn spawn_under_reaper(fleet: &mut Fleet, configs: Vec<(PathBuf, PathBuf)>) -> Re
     for (config, log) in &configs {
         cmd.arg(config).arg(log);
     }
-    detached(&mut cmd);
+    detached(&mut cmd, &fleet.dir.join("reaper.log"))?;
     let expected = configs.len();
     let mut reaper = cmd.spawn().context("starting the fleet's reaper")?;
     fleet.reaper = Some(reaper.id());
@@ -503,10 +503,12 @@ fn spawn_under_reaper(fleet: &mut Fleet, configs: Vec<(PathBuf, PathBuf)>) -> Re
     for (line, (config, log)) in
         std::io::BufRead::lines(std::io::BufReader::new(stdout)).zip(configs)
     {
-        let pid = line?
-            .trim()
-            .parse()
-            .context("the fleet's reaper reported no sshd pid")?;
+        let pid = line?.trim().parse().with_context(|| {
+            format!(
+                "the fleet's reaper reported no sshd pid (see {})",
+                fleet.dir.join("reaper.log").display()
+            )
+        })?;
         fleet.processes.push(FleetProcess { pid, config, log });
         // Record as we go, so that a failure part-way still lets `down` stop what started.
         write_fleet(&fleet.dir, fleet)?;
@@ -522,11 +524,18 @@ fn spawn_under_reaper(fleet: &mut Fleet, configs: Vec<(PathBuf, PathBuf)>) -> Re
 }
 
 /// Makes `cmd` a process of the fleet: in a session of its own (so it outlives xtask and a
-/// Ctrl-C in the terminal cannot kill it half-way), no stdin, stdout piped for its report.
-pub fn detached(cmd: &mut Command) {
+/// Ctrl-C in the terminal cannot kill it half-way), no stdin, stdout piped for its report,
+/// stderr to `log` (not xtask's stderr: a caller reading it through a pipe, as in
+/// `cargo xtask fleet up | tail`, would otherwise wait for the fleet to go down).
+pub fn detached(cmd: &mut Command, log: &Path) -> Result<()> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .with_context(|| format!("opening {}", log.display()))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(Stdio::from(log));
     // SAFETY: setsid is async-signal-safe and touches no memory of ours.
     unsafe {
         cmd.pre_exec(|| {
@@ -534,6 +543,7 @@ pub fn detached(cmd: &mut Command) {
             Ok(())
         });
     }
+    Ok(())
 }
 
 /// The reaper's body (`xtask fleet-reaper CONFIG LOG ...`): become a child subreaper, start

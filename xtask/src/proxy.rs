@@ -33,7 +33,7 @@ pub fn start(fleet: &mut Fleet, port: u16) -> Result<()> {
     cmd.arg("fleet-proxy")
         .arg(fleet.rtt_ms.to_string())
         .arg(&map);
-    crate::fleet::detached(&mut cmd);
+    crate::fleet::detached(&mut cmd, &fleet.dir.join("proxy.log"))?;
     let mut child = cmd.spawn().context("starting the delay proxy")?;
     fleet.proxy = Some(child.id());
     let stdout = child.stdout.take().context("the proxy's stdout")?;
