@@ -363,7 +363,23 @@ async fn sudo_by_marker(t: &Target) -> Check {
     ensure(!out.stderr_text().contains("polyshell-sudo"), || {
         "the marker reached the output".into()
     })?;
-    Ok("root, marker hidden".into())
+    // sudo inside a command: each invocation answered, only what follows sudo elevated.
+    let me = shell.run("id -u").await.map_err(|e| e.to_string())?;
+    let script = "cd / && sudo id -u && id -u && x=$(sudo id -u) && echo \"[$x]\"";
+    let out = shell.run(script).await.map_err(|e| e.to_string())?;
+    let want = format!("0\n{}[0]\n", me.stdout_text());
+    ensure(out.stdout_text() == want && out.status.success(), || {
+        format!(
+            "{script}: {:?} {:?} {:?} (want {want:?})",
+            out.status,
+            out.stdout_text(),
+            out.stderr_text()
+        )
+    })?;
+    ensure(!out.stderr_text().contains("polyshell-sudo"), || {
+        "the inline marker reached the output".into()
+    })?;
+    Ok("root, marker hidden, inline sudo".into())
 }
 
 fn make_tree(root: &Path) {

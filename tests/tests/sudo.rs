@@ -242,3 +242,66 @@ async fn local_sudo_that_does_not_ask_is_a_plain_run() {
     assert_eq!(out.stderr_text(), "");
     assert_eq!(agent.prompts(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+async fn sudo_inside_a_command_elevates_only_what_follows_it() {
+    traced();
+    let fleet = Fleet::load();
+    let prompter = Arc::new(ScriptedPrompter::new([fleet.password.clone()]));
+    let agent = Arc::new(PasswordAgent::new("ops", prompter.clone()));
+    let g = group(&fleet, 81..82, &agent);
+    let shell = &g.shells[0];
+    let me = shell.run("id -un").await.unwrap().stdout_text();
+    assert_ne!(me, "root\n");
+    // `sudo a && b`: only `a` runs as root.
+    let out = shell.run("sudo id -un && id -un").await.unwrap();
+    assert_eq!(out.stdout_text(), format!("root\n{me}"), "{out:?}");
+    // sudo after the start of the command, twice (the fleet's sudo asks every time), once in
+    // a subshell: each invocation is answered from the one typed password.
+    let out = shell
+        .run("cd /tmp && sudo pwd && x=$(sudo id -un) && echo \"[$x]\" && id -un")
+        .await
+        .unwrap();
+    assert_eq!(out.stdout_text(), format!("/tmp\n[root]\n{me}"), "{out:?}");
+    assert!(
+        !out.stderr_text().contains("polyshell"),
+        "{}",
+        out.stderr_text()
+    );
+    assert_eq!(prompter.asked(), 1);
+    // A command with input cannot share it with a sudo in its middle: a clear error.
+    let err = shell
+        .run(Command::new("cat >/dev/null; sudo true").stdin("data"))
+        .await
+        .expect_err("input and an inline sudo");
+    assert!(
+        err.to_string().contains("start the command with sudo"),
+        "{err}"
+    );
+    let texts = describe(&[Ok(out)]);
+    assert_secret_nowhere(&fleet, &g, &texts);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+async fn sudo_inside_a_command_asks_again_after_a_wrong_answer() {
+    traced();
+    let fleet = Fleet::load();
+    let prompter = Arc::new(ScriptedPrompter::new([
+        "not-the-password".to_owned(),
+        fleet.password.clone(),
+    ]));
+    let agent = Arc::new(PasswordAgent::new("ops", prompter.clone()));
+    let g = group(&fleet, 82..84, &agent);
+    let runs = g.shells.iter().map(|s| s.run("echo start && sudo id -u"));
+    let results = bounded("inline sudo", 120, futures::future::join_all(runs)).await;
+    let texts = describe(&results);
+    for r in &results {
+        let out = r.as_ref().unwrap_or_else(|e| panic!("{e}"));
+        // Nothing ran twice: the same sudo took the second answer.
+        assert_eq!(out.stdout_text(), "start\n0\n", "{texts:?}");
+    }
+    assert_eq!(prompter.asked(), 2, "{texts:?}");
+    assert_secret_nowhere(&fleet, &g, &texts);
+}

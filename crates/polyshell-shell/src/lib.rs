@@ -269,23 +269,21 @@ impl Shell {
     }
 
     /// Runs a command to its end: exit status and captured output. Output lines stream to
-    /// the sink while it runs. Cancelling the future terminates the command. A script that
-    /// starts with `sudo ` goes through [`sudo`](Shell::sudo)'s password handling.
+    /// the sink while it runs. Cancelling the future terminates the command. A `sudo` in the
+    /// script gets [`sudo`](Shell::sudo)'s password handling and elevates just what follows
+    /// it (in `sudo a && b`, only `a`); a script with input may run sudo only at its start.
     pub async fn run(&self, command: impl Into<Command>) -> Result<Output, ShellError> {
         let command = command.into();
         self.check(&command)?;
-        if let Some(args) = sudo::leading_sudo(&command.script) {
-            let form = if args.trim_start().starts_with('-') {
-                sudo::SudoForm::Args(args.to_owned())
-            } else {
-                sudo::SudoForm::Wrapped
-            };
+        if let Some(form) = sudo::form_of(&command.script) {
             let command = match form {
+                // `sudo CMD` alone: CMD wrapped, as `Shell::sudo(CMD)`.
                 sudo::SudoForm::Wrapped => {
-                    let script = args.to_owned();
-                    command.with_script(script)
+                    let inner = sudo::leading_sudo(&command.script).unwrap_or_default();
+                    let inner = inner.to_owned();
+                    command.with_script(inner)
                 }
-                sudo::SudoForm::Args(_) => command,
+                sudo::SudoForm::Inline => command,
             };
             return sudo::run(self, self.password_agent(), command, form)
                 .await
