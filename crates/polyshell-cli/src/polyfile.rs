@@ -5,7 +5,7 @@
 use crate::subst;
 use polyshell_sched::{Mode, Schedule};
 use polyshell_sites::diag::{Diagnostic, Source};
-use polyshell_sites::{inventory, SiteStore};
+use polyshell_sites::{duration_from_seconds, inventory, SiteStore, SECONDS_RULE};
 use std::collections::BTreeMap;
 use std::ops::Range;
 use std::time::Duration;
@@ -234,8 +234,11 @@ fn action(c: &mut Checker, sites: &SiteStore, job: &str, table: &Table) -> Actio
             },
             "steps" => steps(c, job, item, &mut spec.steps),
             "timeout" => match item.as_float().or_else(|| item.as_integer().map(|i| i as f64)) {
-                Some(s) if s > 0.0 && s < 1e9 => spec.timeout = Some(Duration::from_secs_f64(s)),
-                _ => c.error(span, format!("job `{job}`: `timeout` must be a positive number of seconds")),
+                Some(s) => match duration_from_seconds(s) {
+                    Ok(d) => spec.timeout = Some(d),
+                    Err(rule) => c.error(span, format!("job `{job}`: `timeout` must be {rule}")),
+                },
+                None => c.error(span, format!("job `{job}`: `timeout` must be {SECONDS_RULE}")),
             },
             "cwd" => match item.as_str() {
                 Some(d) => spec.cwd = Some(d.to_owned()),

@@ -482,6 +482,7 @@ fn absurd_durations_and_counts_are_usage_errors_that_name_the_option() {
         (&["--timeout", "inf"][..], "--timeout"),
         (&["--timeout", "nan"], "--timeout"),
         (&["--timeout=-3"], "--timeout"),
+        (&["--timeout", "0.000000000009"], "--timeout"),
         (&["--connect-timeout", "1e30"], "--connect-timeout"),
         (&["--connect-timeout", "400d"], "--connect-timeout"),
         (&["--fanout", "0"], "--fanout"),
@@ -501,6 +502,26 @@ fn absurd_durations_and_counts_are_usage_errors_that_name_the_option() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn durations_in_a_polyfile_follow_the_same_rule_as_argv() {
+    // 1e-12 s rounded to no time at all; 1e8 s is three years.
+    for (polyfile, key) in [
+        ("[sites.a]\ntimeout = 1e-12\n", "`timeout`"),
+        ("[sites.a]\nconnect_timeout = 1e8\n", "`connect_timeout`"),
+        ("[[jobs.j]]\nrun = \"true\"\ntimeout = 1e-12\n", "`timeout`"),
+        ("[[jobs.j]]\nrun = \"true\"\ntimeout = 1e8\n", "`timeout`"),
+    ] {
+        let dir = polyfile_dir(polyfile);
+        let out = polyshell(dir.path()).arg("check").output().unwrap();
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{polyfile}: {stderr}");
+        assert!(
+            stderr.contains(key) && stderr.contains("at most a year"),
+            "{polyfile}: {stderr}"
+        );
+    }
 }
 
 fn polyfile_dir(text: &str) -> tempfile::TempDir {

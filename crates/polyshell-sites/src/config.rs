@@ -155,16 +155,17 @@ impl Site {
         }
     }
 
-    /// A duration in seconds (integer or fractional), e.g. `timeout`, `connect_timeout`.
+    /// A duration in seconds (integer or fractional), e.g. `timeout`, `connect_timeout`, by
+    /// the rules of [`duration_from_seconds`].
     pub fn seconds(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
         match self.config.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(v @ Value::Number(n)) => n
                 .as_f64()
-                .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
-                .map(|s| Some(Duration::from_secs_f64(s)))
-                .ok_or_else(|| self.wrong(key, "a number of seconds", v)),
-            Some(other) => Err(self.wrong(key, "a number of seconds", other)),
+                .and_then(|s| duration_from_seconds(s).ok())
+                .map(Some)
+                .ok_or_else(|| self.wrong(key, SECONDS_RULE, v)),
+            Some(other) => Err(self.wrong(key, SECONDS_RULE, other)),
         }
     }
 
@@ -196,4 +197,17 @@ impl Site {
             Some(other) => Err(self.wrong("env", "a table of variables", other)),
         }
     }
+}
+
+/// What [`duration_from_seconds`] takes, for error messages.
+pub const SECONDS_RULE: &str = "a number of seconds, at least 0.001 and at most a year";
+
+/// The one rule for every duration Polyshell takes (argv, Polyfile, site configuration):
+/// finite, at least a millisecond (a smaller number would round to no time at all), at most
+/// a year (longer is a typo, and would overflow the timers it feeds).
+pub fn duration_from_seconds(seconds: f64) -> Result<Duration, &'static str> {
+    if !seconds.is_finite() || seconds < 0.001 || seconds > 365.0 * 86400.0 {
+        return Err(SECONDS_RULE);
+    }
+    Ok(Duration::from_secs_f64(seconds))
 }

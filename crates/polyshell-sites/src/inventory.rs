@@ -331,16 +331,14 @@ fn checked_value(
         ("host" | "user" | "identity" | "sh" | "cwd" | "password_agent", _) => Some("a string"),
         ("port", Value::Number(n)) if n.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => None,
         ("port", _) => Some("a port number from 1 to 65535"),
-        // TOML has `inf` and `nan`: a duration is finite, positive, at most a year.
+        // TOML has `inf` and `nan`: the same rule as the run applies (`Config::seconds`).
         ("timeout" | "connect_timeout", Value::Number(n))
             if n.as_f64()
-                .is_some_and(|s| s.is_finite() && s > 0.0 && s <= 365.0 * 86400.0) =>
+                .is_some_and(|s| crate::config::duration_from_seconds(s).is_ok()) =>
         {
             None
         }
-        ("timeout" | "connect_timeout", _) => {
-            Some("a number of seconds, more than 0 and at most a year")
-        }
+        ("timeout" | "connect_timeout", _) => Some(crate::config::SECONDS_RULE),
         ("env", Value::Object(vars)) if vars.values().all(|v| !v.is_object() && !v.is_array()) => {
             None
         }

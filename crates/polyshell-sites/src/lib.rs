@@ -30,6 +30,6 @@ pub mod inventory;
 pub mod range;
 mod store;
 
-pub use config::{type_name, Config, ConfigError, Site};
+pub use config::{duration_from_seconds, type_name, Config, ConfigError, Site, SECONDS_RULE};
 pub use serde_json::{json, Value};
 pub use store::{Names, SiteStore, ALL};
