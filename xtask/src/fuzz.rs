@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use std::process::Command;
 
-const TARGETS: &[&str] = &["polyfile", "ranges"];
+const TARGETS: &[&str] = &["polyfile", "ranges", "cli_args"];
 
 pub fn run(seconds: u64) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -26,12 +26,20 @@ pub fn run(seconds: u64) -> Result<()> {
     }
     for target in TARGETS {
         eprintln!("xtask: fuzzing {target} for {seconds}s");
+        // New inputs go to fuzz/corpus/TARGET; fuzz/seeds/TARGET (committed) starts it off.
+        let corpus = root.join("fuzz/corpus").join(target);
+        std::fs::create_dir_all(&corpus)?;
+        let seeds = root.join("fuzz/seeds").join(target);
+        let mut dirs = vec![corpus];
+        dirs.extend(seeds.is_dir().then_some(seeds));
         let status = Command::new(&cargo)
             .current_dir(&root)
             // cargo-fuzz passes flags that stable rustc accepts only under RUSTC_BOOTSTRAP; no
             // sanitizer, as this toolchain ships no sanitizer runtimes.
             .env("RUSTC_BOOTSTRAP", "1")
-            .args(["fuzz", "run", "--sanitizer", "none", target, "--"])
+            .args(["fuzz", "run", "--sanitizer", "none", target])
+            .args(&dirs)
+            .arg("--")
             .arg(format!("-max_total_time={seconds}"))
             .arg("-rss_limit_mb=2048")
             .arg("-timeout=10")

@@ -177,6 +177,31 @@ pub fn main() -> u8 {
     }
 }
 
+/// The checks polyshell makes of its arguments before it reads a file or connects: the
+/// options (durations, counts, modes) and the host patterns of `-H` and `--on`. `args`
+/// starts with the program's name. The fuzz target `cli_args` feeds it.
+pub fn check_arguments<I, T>(args: I) -> Result<(), CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|e| CliError::usage(e.to_string()))?;
+    if let Some(hosts) = &cli.hosts {
+        range::expand(hosts).map_err(|e| CliError::usage(format!("-H: {e}")))?;
+    }
+    let on = match &cli.command {
+        Command::Run { on, .. }
+        | Command::Jobs { on, .. }
+        | Command::Upload { on, .. }
+        | Command::Download { on, .. } => on.as_deref(),
+        _ => None,
+    };
+    if let Some(on) = on {
+        range::expand(on).map_err(|e| CliError::usage(format!("--on: {e}")))?;
+    }
+    Ok(())
+}
+
 fn init_tracing(verbose: u8) {
     let level = match verbose {
         0 | 1 => return,
