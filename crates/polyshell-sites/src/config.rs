@@ -206,7 +206,7 @@ pub const SECONDS_RULE: &str = "a number of seconds, at least 0.001 and at most 
 /// finite, at least a millisecond (a smaller number would round to no time at all), at most
 /// a year (longer is a typo, and would overflow the timers it feeds).
 pub fn duration_from_seconds(seconds: f64) -> Result<Duration, &'static str> {
-    if !seconds.is_finite() || seconds < 0.001 || seconds > 365.0 * 86400.0 {
+    if !(0.001..=365.0 * 86400.0).contains(&seconds) {
         return Err(SECONDS_RULE);
     }
     Ok(Duration::from_secs_f64(seconds))
