@@ -6,7 +6,7 @@ use polyshell_auth::{
 };
 use polyshell_sched::ShellFactory;
 use polyshell_shell::{HostKeyPolicy, Shell, SshOptions};
-use polyshell_sites::{Site, Value};
+use polyshell_sites::Site;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -65,25 +65,14 @@ impl CliShells {
     }
 }
 
-fn strings(value: Option<&Value>) -> Vec<String> {
-    match value {
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(str::to_owned))
-            .collect(),
-        Some(Value::String(s)) => shlex::split(s).unwrap_or_default(),
-        _ => Vec::new(),
-    }
-}
-
 impl ShellFactory for CliShells {
     fn shell(&self, site: &Site) -> Result<Shell, String> {
         let err = |e: polyshell_sites::ConfigError| e.to_string();
         let agent = self.agent(site.password_agent().map_err(err)?.unwrap_or(DEFAULT_AGENT));
         let shell = match site.host().map_err(err)? {
             None => Shell::local_with(site.sh().map_err(err)?.unwrap_or("sh")),
-            Some(host) => match site.config().get("ssh") {
-                Some(Value::Bool(false)) | None => {
+            Some(host) => match site.ssh_program().map_err(err)? {
+                None => {
                     let mut opts = SshOptions::new(host);
                     opts.user = site.user().map_err(err)?.map(str::to_owned);
                     opts.port = site.port().map_err(err)?;
@@ -94,17 +83,11 @@ impl ShellFactory for CliShells {
                         .connect_timeout()
                         .map_err(err)?
                         .or(self.settings.connect_timeout);
-                    if let Some(jump) = site.string("proxy_jump").map_err(err)? {
-                        opts.proxy_jump = Some(jump.to_owned());
-                    }
+                    opts.proxy_jump = site.proxy_jump().map_err(err)?.map(str::to_owned);
                     Shell::with_ssh(opts)
                 }
                 Some(program) => {
-                    let program = match program {
-                        Value::String(p) => p.clone(),
-                        _ => "ssh".to_owned(),
-                    };
-                    let mut args = strings(site.config().get("args"));
+                    let mut args = site.ssh_args().map_err(err)?;
                     if let Some(config) = &self.settings.ssh_config {
                         args.splice(0..0, ["-F".to_owned(), config.display().to_string()]);
                     }
@@ -114,7 +97,7 @@ impl ShellFactory for CliShells {
                     if let Some(port) = site.port().map_err(err)? {
                         args.extend(["-p".to_owned(), port.to_string()]);
                     }
-                    Shell::external_ssh(&program, args, host)
+                    Shell::external_ssh(program, args, host)
                 }
             },
         };

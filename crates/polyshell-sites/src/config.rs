@@ -179,6 +179,65 @@ impl Site {
         self.seconds("connect_timeout")
     }
 
+    /// `proxy_jump`: the bastion(s) in front of the site, as OpenSSH's `ProxyJump`.
+    pub fn proxy_jump(&self) -> Result<Option<&str>, ConfigError> {
+        self.string("proxy_jump")
+    }
+
+    /// `ssh`: the SSH client. Absent or `false`: libssh2 (`None`); `true`: the system `ssh`;
+    /// a string: that program (an OpenSSH-compatible client).
+    pub fn ssh_program(&self) -> Result<Option<&str>, ConfigError> {
+        const RULE: &str = "`true`, `false` or the name of an ssh program";
+        match self.config.get("ssh") {
+            None | Some(Value::Null) | Some(Value::Bool(false)) => Ok(None),
+            Some(Value::Bool(true)) => Ok(Some("ssh")),
+            Some(Value::String(p)) if !p.trim().is_empty() => Ok(Some(p)),
+            Some(other) => Err(self.wrong("ssh", RULE, other)),
+        }
+    }
+
+    /// `args`: more arguments for the system `ssh` (with `ssh`): a list of strings, or one
+    /// string split as a POSIX shell would.
+    pub fn ssh_args(&self) -> Result<Vec<String>, ConfigError> {
+        const RULE: &str = "a list of strings, or one string of shell words";
+        match self.config.get("args") {
+            None | Some(Value::Null) => Ok(Vec::new()),
+            Some(v @ Value::Array(items)) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| self.wrong("args", RULE, v)),
+            Some(v @ Value::String(s)) => {
+                shlex::split(s).ok_or_else(|| self.wrong("args", RULE, v))
+            }
+            Some(other) => Err(self.wrong("args", RULE, other)),
+        }
+    }
+
+    /// Checks `key` by the accessor the run reads it with, so that what `check` accepts is
+    /// exactly what a run applies. `None` for a key Polyshell does not read (free-form
+    /// configuration); [`KNOWN_SITE_KEYS`] lists the others.
+    pub fn check_key(&self, key: &str) -> Option<Result<(), ConfigError>> {
+        Some(match key {
+            "host" => self.host().map(drop),
+            "user" => self.user().map(drop),
+            "port" => self.port().map(drop),
+            "identity" => self.identity().map(drop),
+            "sh" => self.sh().map(drop),
+            "cwd" => self.cwd().map(drop),
+            "password_agent" => self.password_agent().map(drop),
+            "timeout" => self.timeout().map(drop),
+            "connect_timeout" => self.connect_timeout().map(drop),
+            "env" => self.env().map(drop),
+            "proxy_jump" => self.proxy_jump().map(drop),
+            "ssh" => self.ssh_program().map(drop),
+            "args" => self.ssh_args().map(drop),
+            // Read by the inventory itself (role membership).
+            "roles" => Ok(()),
+            _ => return None,
+        })
+    }
+
     /// `env`: environment variables for commands; values may be strings, numbers or booleans.
     pub fn env(&self) -> Result<BTreeMap<String, String>, ConfigError> {
         match self.config.get("env") {
@@ -194,10 +253,33 @@ impl Site {
                     }
                 })
                 .collect(),
-            Some(other) => Err(self.wrong("env", "a table of variables", other)),
+            Some(other) => Err(self.wrong(
+                "env",
+                "a table of variables (strings, numbers or booleans)",
+                other,
+            )),
         }
     }
 }
+
+/// The site and role keys Polyshell itself reads ([`Site::check_key`] checks each by its
+/// accessor); every other key is free-form configuration.
+pub const KNOWN_SITE_KEYS: &[&str] = &[
+    "host",
+    "user",
+    "port",
+    "identity",
+    "sh",
+    "cwd",
+    "password_agent",
+    "timeout",
+    "connect_timeout",
+    "env",
+    "roles",
+    "ssh",
+    "args",
+    "proxy_jump",
+];
 
 /// What [`duration_from_seconds`] takes, for error messages.
 pub const SECONDS_RULE: &str = "a number of seconds, at least 0.001 and at most a year";

@@ -11,7 +11,7 @@
 //!
 //! Every error carries file, line and column, and all of them are reported together.
 
-use crate::config::{type_name, Config};
+use crate::config::{Config, Site};
 use crate::diag::{Diagnostic, Diagnostics, Source};
 use crate::range;
 use crate::store::{SiteStore, ALL};
@@ -250,23 +250,7 @@ fn load_roles(
     }
 }
 
-/// The site and role keys Polyshell itself reads; every other key is free-form configuration.
-pub const KNOWN_SITE_KEYS: &[&str] = &[
-    "host",
-    "user",
-    "port",
-    "identity",
-    "sh",
-    "cwd",
-    "password_agent",
-    "timeout",
-    "connect_timeout",
-    "env",
-    "roles",
-    "ssh",
-    "args",
-    "proxy_jump",
-];
+pub use crate::config::KNOWN_SITE_KEYS;
 
 /// Site and role keys that look like a mistyped key Polyshell reads (`hots` for `host`):
 /// free-form keys are allowed, so these are warnings, each with its position and the key it
@@ -326,37 +310,20 @@ fn checked_value(
             return None;
         }
     };
-    let expected = match (key, &value) {
-        ("host" | "user" | "identity" | "sh" | "cwd" | "password_agent", Value::String(_)) => None,
-        ("host" | "user" | "identity" | "sh" | "cwd" | "password_agent", _) => Some("a string"),
-        ("port", Value::Number(n)) if n.as_u64().is_some_and(|p| (1..=65535).contains(&p)) => None,
-        ("port", _) => Some("a port number from 1 to 65535"),
-        // TOML has `inf` and `nan`: the same rule as the run applies (`Config::seconds`).
-        ("timeout" | "connect_timeout", Value::Number(n))
-            if n.as_f64()
-                .is_some_and(|s| crate::config::duration_from_seconds(s).is_ok()) =>
-        {
-            None
-        }
-        ("timeout" | "connect_timeout", _) => Some(crate::config::SECONDS_RULE),
-        ("env", Value::Object(vars)) if vars.values().all(|v| !v.is_object() && !v.is_array()) => {
-            None
-        }
-        ("env", _) => Some("a table of variables (strings, numbers or booleans)"),
-        _ => None,
-    };
-    match expected {
-        Some(expected) => {
+    // The accessor the run reads the key with decides (one rule for `check` and the run).
+    let one = Site::new(owner, [(key.to_owned(), value)].into_iter().collect());
+    match one.check_key(key) {
+        Some(Err(e)) => {
             diags.push(source.error(
                 span,
                 format!(
-                    "{owner}: `{key}` must be {expected}, not {}",
-                    type_name(&value)
+                    "{owner}: `{}` must be {}, not {}",
+                    e.key, e.expected, e.found
                 ),
             ));
             None
         }
-        None => Some(value),
+        _ => Some(one.into_config().into_iter().next()?.1),
     }
 }
 

@@ -98,6 +98,37 @@ fn wrong_value_types() {
 }
 
 #[test]
+fn check_accepts_exactly_what_the_run_applies() {
+    // Keys the run read with rules of its own, which `check` let through before.
+    let all = errors(
+        "[sites.a]\nssh = 5\nargs = [\"-v\", 2]\nproxy_jump = 3\n[sites.b]\nssh = \"\"\nargs = \"-o 'unclosed\"\n",
+    );
+    for want in [
+        "site `a`: `ssh` must be `true`, `false` or the name of an ssh program, not 5",
+        "site `a`: `args` must be a list of strings, or one string of shell words",
+        "site `a`: `proxy_jump` must be a string, not 3",
+        "site `b`: `ssh` must be",
+        "site `b`: `args` must be",
+    ] {
+        assert!(all.contains(want), "missing {want:?} in:\n{all}");
+    }
+    // Every key `check` accepts is read back by the same accessor the run uses.
+    let store = inventory::load(&Source::new(
+        "Polyfile.toml",
+        "[sites.c]\nhost = \"c\"\nssh = true\nargs = \"-o 'A B'\"\ntimeout = 0.5\n",
+    ))
+    .unwrap();
+    let c = store.get("c").unwrap();
+    assert_eq!(c.ssh_program(), Ok(Some("ssh")));
+    assert_eq!(c.ssh_args(), Ok(vec!["-o".to_owned(), "A B".to_owned()]));
+    assert_eq!(c.timeout(), Ok(Some(std::time::Duration::from_millis(500))));
+    for key in polyshell_sites::inventory::KNOWN_SITE_KEYS {
+        assert!(c.check_key(key).is_some(), "{key} has no accessor");
+    }
+    assert!(c.check_key("scripts").is_none());
+}
+
+#[test]
 fn all_errors_are_reported_together() {
     let text = "[sites.\"a[2-1]\"]\n[sites.b]\nport = 0\n[roles.nobody]\nx = 1\n";
     let all = errors(text);
