@@ -226,6 +226,11 @@ fn read_polyfile(path: &Path) -> Result<Polyfile, CliError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
     let source = Source::new(path.display().to_string(), text);
+    // Near-miss keys (`hots` for `host`) are warned about by every command that reads the
+    // Polyfile, not only `check`: such a site would otherwise run its jobs here, silently.
+    for w in polyshell_sites::inventory::near_misses(&source) {
+        eprintln!("{}:{}:{}: warning: {}", w.file, w.line, w.column, w.message);
+    }
     polyfile::load(&source).map_err(|diags| {
         let lines: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
         CliError::usage(format!(
@@ -516,12 +521,6 @@ fn check(cli: &Cli) -> Result<u8, CliError> {
         .ok_or_else(|| CliError::usage("no Polyfile to check (-f FILE, or ./Polyfile.toml)"))?;
     let pf = read_polyfile(&path)?;
     let site_count = pf.sites.len();
-    if let Ok(text) = std::fs::read_to_string(&path) {
-        let source = polyshell_sites::diag::Source::new(path.display().to_string(), &text);
-        for w in polyshell_sites::inventory::near_misses(&source) {
-            eprintln!("{}:{}:{}: warning: {}", w.file, w.line, w.column, w.message);
-        }
-    }
     // A site without `host` runs on this machine: say which, so that a missing or
     // mistyped host is seen before a job runs "remotely" right here.
     let local: Vec<String> = pf

@@ -620,6 +620,13 @@ host = "web2.example.com"
         stdout.contains("sites that run on this machine (no `host`): web1\n"),
         "{stdout}"
     );
+    // A run warns too, before anything runs.
+    let out = polyshell(dir.path())
+        .args(["run", "--on", "web1", "--", "true"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("did you mean `host`?"), "{stderr}");
 }
 
 #[test]
