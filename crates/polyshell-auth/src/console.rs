@@ -60,6 +60,18 @@ impl Console {
         self.lock().prompts > 0
     }
 
+    /// Runs `draw` (e.g. the progress line) unless a prompt is up, under the console's lock:
+    /// a prompt cannot begin half-way through it, and nothing drawn this way can erase a
+    /// prompt on the screen. `false` if a prompt was up and `draw` did not run.
+    pub fn unless_holding(&self, draw: impl FnOnce()) -> bool {
+        let state = self.lock();
+        if state.prompts > 0 {
+            return false;
+        }
+        draw();
+        true
+    }
+
     /// Holds output until the returned guard is dropped.
     pub fn begin_prompt(&self) -> PromptHold {
         self.lock().prompts += 1;

@@ -167,6 +167,9 @@ impl TerminalPrompter {
 #[async_trait]
 impl Prompter for TerminalPrompter {
     async fn ask(&self, request: &PromptRequest) -> Result<SecretString, PromptError> {
+        // One prompt on the terminal at a time: a second agent's waits for the first.
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _turn = ONE_AT_A_TIME.lock().await;
         let _hold = self.console.as_ref().map(Console::begin_prompt);
         let text = match (request.site.is_empty(), request.attempt) {
             (true, 1) => format!("[polyshell] sudo password for agent `{}`: ", request.agent),
@@ -183,6 +186,8 @@ impl Prompter for TerminalPrompter {
                 request.agent, request.site
             ),
         };
+        // The prompt starts on a cleared line: the progress line drawn there goes.
+        let text = format!("\r\x1b[2K{text}");
         let tty = crate::tty::Tty::open()
             .map_err(|e| PromptError::Unavailable(format!("no terminal to ask on: {e}")))?;
         let restore = tty.restorer();

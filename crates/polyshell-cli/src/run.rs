@@ -80,11 +80,9 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
         let (terminal, reporter, console) = (terminal.clone(), reporter.clone(), console.clone());
         tokio::spawn(async move {
             loop {
-                if console.holding() {
-                    terminal.set_status(None);
-                } else {
-                    terminal.set_status(Some(reporter.status()));
-                }
+                // While a prompt is up the progress line is left alone: clearing or drawing
+                // it would erase the prompt (the prompt itself starts by clearing the line).
+                console.unless_holding(|| terminal.set_status(Some(reporter.status())));
                 terminal.flush();
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }

@@ -133,3 +133,119 @@ fn ctrl_c_at_the_prompt_aborts_the_run_cleanly() {
         "nothing may run after an aborted prompt"
     );
 }
+
+/// A tmux server of the test's own (its own socket), running one window of `cols` x `rows`.
+struct Tmux {
+    socket: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Tmux {
+    fn start(command: &str) -> Tmux {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("tmux.sock");
+        let status = Command::new("tmux")
+            .arg("-S")
+            .arg(&socket)
+            .args([
+                "-f",
+                "/dev/null",
+                "new-session",
+                "-d",
+                "-x",
+                "150",
+                "-y",
+                "50",
+            ])
+            .arg(command)
+            .status()
+            .expect("tmux is installed by `cargo xtask test`");
+        assert!(status.success(), "tmux new-session failed");
+        Tmux { socket, _dir: dir }
+    }
+
+    /// What the screen shows now, line by line (what a person reads).
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .args(["capture-pane", "-p"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn keys(&self, literal: &str) {
+        let run = |args: &[&str]| {
+            Command::new("tmux")
+                .arg("-S")
+                .arg(&self.socket)
+                .args(args)
+                .status()
+                .unwrap()
+        };
+        run(&["send-keys", "-l", literal]);
+        run(&["send-keys", "Enter"]);
+    }
+
+    /// Waits (up to `secs`) until the screen shows `text`.
+    fn wait_for(&self, text: &str, secs: u64) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let screen = self.screen();
+            if screen.contains(text) {
+                return screen;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "`{text}` never showed; the screen:\n{screen}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.socket)
+            .arg("kill-server")
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet and tmux: run `cargo xtask test`"]
+fn a_mid_run_prompt_stays_on_the_screen_until_answered() {
+    let fleet = Fleet::load();
+    // No -K: the prompt comes mid-run, with the progress line ticking.
+    let command = format!(
+        "env -u POLYSHELL_SUDO_PASSWORD NO_COLOR=1 {} --ssh-config {} -H 'site[301-320]' run --sudo -- id -u; echo EXIT=$?; sleep 60",
+        env!("CARGO_BIN_EXE_polyshell"),
+        fleet.ssh_config.display()
+    );
+    let tmux = Tmux::start(&command);
+    let prompt = "sudo password for agent `default`";
+    tmux.wait_for(prompt, 60);
+    // The progress line ticks every 200 ms: for 3 s, every look at the screen shows the prompt.
+    let until = std::time::Instant::now() + Duration::from_secs(3);
+    let mut looks = 0;
+    while std::time::Instant::now() < until {
+        let screen = tmux.screen();
+        assert!(
+            screen.contains(prompt),
+            "the prompt went from the screen after {looks} looks:\n{screen}"
+        );
+        looks += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tmux.keys(&fleet.password);
+    let screen = tmux.wait_for("EXIT=", 120);
+    assert!(screen.contains("EXIT=0"), "{screen}");
+    assert!(screen.contains("20 sites: 20 ok"), "{screen}");
+    assert!(
+        !screen.contains(&fleet.password),
+        "the password is on the screen:\n{screen}"
+    );
+}
