@@ -82,8 +82,14 @@ enum Command {
         /// Run the command as root through sudo (one password prompt for every site).
         #[arg(long)]
         sudo: bool,
-        /// The command, for each site's shell.
-        #[arg(required = true, last = true, value_name = "CMD")]
+        /// The command, for each site's shell: the words after the options (as with ssh and
+        /// pdsh), or after `--`.
+        #[arg(
+            required = true,
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "CMD"
+        )]
         command: Vec<String>,
     },
     /// Run jobs of the Polyfile.
@@ -350,6 +356,31 @@ fn tune(cli: &Cli, mut schedule: Schedule) -> Schedule {
 }
 
 /// A one-action job on `targets`, run in parallel: what `run`, `upload`, `download` are.
+/// `--known-hosts off`: one warning line, at every verbosity, naming the SSH sites whose
+/// host keys this run will not check.
+fn warn_unchecked_host_keys(cli: &Cli, plan: &Plan) {
+    if !matches!(cli.known_hosts, Some(KnownHosts::Off)) {
+        return;
+    }
+    let ssh: Vec<String> = plan
+        .targets
+        .iter()
+        .filter(|name| {
+            plan.sites
+                .get(name)
+                .is_some_and(|s| s.host().ok().flatten().is_some())
+        })
+        .cloned()
+        .collect();
+    if !ssh.is_empty() {
+        eprintln!(
+            "polyshell: warning: --known-hosts off: the host keys of {} are not checked; \
+             anyone on the network path can pose as them",
+            range::fold(&ssh)
+        );
+    }
+}
+
 async fn adhoc(
     cli: &Cli,
     inv: Inventory,
@@ -368,6 +399,7 @@ async fn adhoc(
         chain: vec![schedule],
         targets,
     };
+    warn_unchecked_host_keys(cli, &plan);
     Ok(run::execute(plan, settings(cli)).await)
 }
 
@@ -513,6 +545,7 @@ async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<
         chain,
         targets: involved,
     };
+    warn_unchecked_host_keys(cli, &plan);
     Ok(run::execute(plan, settings(cli)).await)
 }
 

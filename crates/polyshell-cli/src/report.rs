@@ -407,6 +407,11 @@ impl Summary {
         for r in results {
             for (site, why) in r.failed_sites() {
                 if !failed.iter().any(|(s, _)| *s == site) {
+                    // A shell's error names its site already; the summary line names it once.
+                    let why = why
+                        .strip_prefix(&format!("{site}: "))
+                        .map(str::to_owned)
+                        .unwrap_or(why);
                     failed.push((site, why));
                 }
             }

@@ -468,7 +468,7 @@ fn a_dead_site_fails_alone_with_its_reason() {
     assert!(stderr.contains("1 ok, 1 failed"), "{stderr}");
     assert!(
         stderr.contains(&format!(
-            "failed  dead: dead: no SSH session with 127.0.0.1:{port} within the connect timeout"
+            "failed  dead: no SSH session with 127.0.0.1:{port} within the connect timeout"
         )),
         "{stderr}"
     );
@@ -645,4 +645,43 @@ fn a_local_site_s_tilde_is_the_home_directory() {
         !work.path().join("~").exists(),
         "a directory named ~ was made"
     );
+}
+
+#[test]
+fn the_words_after_run_are_the_command_with_or_without_a_double_dash() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["run", "echo", "-n", "hi"][..],
+        &["run", "--", "echo", "-n", "hi"],
+        &["run", "--on", "local", "echo", "-n", "hi"],
+    ] {
+        let out = polyshell(dir.path()).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("local | hi"),
+            "{args:?}: {}",
+            text(&out.stdout)
+        );
+    }
+}
+
+#[test]
+fn known_hosts_off_warns_once_naming_the_sites_at_every_verbosity() {
+    let dir = tempfile::tempdir().unwrap();
+    // Nothing listens on 127.0.0.x:22 here: the run fails fast, after the warning.
+    for verbosity in [&[][..], &["-v"], &["-vv"]] {
+        let out = polyshell(dir.path())
+            .args(verbosity)
+            .args(["--known-hosts", "off", "--connect-timeout", "2"])
+            .args(["-H", "127.0.0.[2-3]", "run", "true"])
+            .output()
+            .unwrap();
+        let stderr = text(&out.stderr);
+        let warnings: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.contains("--known-hosts off"))
+            .collect();
+        assert_eq!(warnings.len(), 1, "{verbosity:?}: {stderr}");
+        assert!(warnings[0].contains("127.0.0.[2-3]"), "{}", warnings[0]);
+    }
 }
