@@ -39,12 +39,26 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
         Some(console.clone()),
     ));
     if settings.ask_sudo_pass {
-        if let Err(e) = shells.agent(DEFAULT_AGENT).prompt_now().await {
-            console.write(
-                ConsoleStream::Stderr,
-                format!("polyshell: {e}\n").as_bytes(),
-            );
-            return exit::SITE_FAILED;
+        // Every agent the run's sites use, in the order of the sites, one prompt each.
+        let mut agents: Vec<String> = Vec::new();
+        for site in &plan.targets {
+            let name = plan
+                .sites
+                .get(site)
+                .and_then(|s| s.password_agent().ok().flatten().map(str::to_owned))
+                .unwrap_or_else(|| DEFAULT_AGENT.to_owned());
+            if !agents.contains(&name) {
+                agents.push(name);
+            }
+        }
+        for name in agents {
+            if let Err(e) = shells.agent(&name).prompt_now().await {
+                console.write(
+                    ConsoleStream::Stderr,
+                    format!("polyshell: {e}\n").as_bytes(),
+                );
+                return exit::SITE_FAILED;
+            }
         }
     }
     let reporter = Reporter::new(settings.output, console.clone(), color, &plan.targets);

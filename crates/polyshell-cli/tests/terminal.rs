@@ -249,3 +249,48 @@ fn a_mid_run_prompt_stays_on_the_screen_until_answered() {
         "the password is on the screen:\n{screen}"
     );
 }
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn ask_sudo_pass_asks_for_every_agent_the_run_uses() {
+    let fleet = Fleet::load();
+    let dir = tempfile::tempdir().unwrap();
+    let polyfile = dir.path().join("Polyfile.toml");
+    std::fs::write(
+        &polyfile,
+        r#"
+[sites.site260]
+host = "site260"
+roles = ["all-of-them"]
+password_agent = "web"
+
+[sites.site261]
+host = "site261"
+roles = ["all-of-them"]
+password_agent = "db"
+
+[sites.site262]
+host = "site262"
+roles = ["all-of-them"]
+
+[[jobs.who]]
+roles = ["all-of-them"]
+sudo = "id -u"
+"#,
+    )
+    .unwrap();
+    let polyfile = polyfile.display().to_string();
+    let mut s = session(&fleet, &["-K", "-f", &polyfile, "jobs", "who"]);
+    for agent in ["web", "db", "default"] {
+        s.expect(format!("sudo password for agent `{agent}`").as_str())
+            .unwrap_or_else(|e| panic!("no prompt for agent {agent}: {e}"));
+        s.send_line(&fleet.password).unwrap();
+    }
+    let rest = s.expect(Eof).expect("polyshell ends");
+    let text = strip_ansi(&[rest.before(), rest.as_bytes()].concat());
+    assert!(text.contains("3 sites: 3 ok"), "{text}");
+    assert!(
+        !text.contains("sudo password"),
+        "asked again mid-run: {text}"
+    );
+}
