@@ -397,6 +397,7 @@ async fn adhoc(
         sites: inv.sites,
         jobs,
         chain: vec![schedule],
+        actions: targets.len(),
         targets,
     };
     warn_unchecked_host_keys(cli, &plan);
@@ -526,11 +527,13 @@ async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<
         }
     }
     let mut involved: Vec<String> = Vec::new();
+    let mut actions = 0;
     for schedule in &chain {
         for job in &schedule.jobs {
             if let Some(spec) = pf.jobs.get(job) {
                 for a in &spec.actions {
                     for site in pf.sites.list(&a.roles, &schedule.roles) {
+                        actions += 1;
                         if !involved.contains(&site) {
                             involved.push(site);
                         }
@@ -544,6 +547,7 @@ async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<
         jobs,
         chain,
         targets: involved,
+        actions,
     };
     warn_unchecked_host_keys(cli, &plan);
     Ok(run::execute(plan, settings(cli)).await)

@@ -132,6 +132,8 @@ pub struct Reporter {
     running: AtomicUsize,
     done: AtomicUsize,
     failed: AtomicUsize,
+    /// Action runs the plan holds (the progress line's total).
+    total: usize,
     /// Running action ids and their sites (what a first Ctrl-C lists).
     active: Mutex<HashMap<String, String>>,
     /// gather: each site's output, in order.
@@ -139,8 +141,15 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn new(mode: OutputMode, console: Console, color: bool, sites: &[String]) -> Arc<Reporter> {
+    pub fn new(
+        mode: OutputMode,
+        console: Console,
+        color: bool,
+        sites: &[String],
+        total: usize,
+    ) -> Arc<Reporter> {
         Arc::new(Reporter {
+            total,
             mode,
             console,
             color,
@@ -175,12 +184,19 @@ impl Reporter {
 
     /// The progress line's text.
     pub fn status(&self) -> String {
+        let failed = self.failed.load(Ordering::Relaxed);
+        let finished = self.done.load(Ordering::Relaxed) + failed;
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let clock = if elapsed < 60.0 {
+            format!("{elapsed:.1}s")
+        } else {
+            let whole = elapsed as u64;
+            format!("{}m{:02}s", whole / 60, whole % 60)
+        };
         format!(
-            "[polyshell] {} done, {} failed, {} running, {:.1}s",
-            self.done.load(Ordering::Relaxed),
-            self.failed.load(Ordering::Relaxed),
+            "[polyshell] {finished}/{} done, {failed} failed, {} running, {clock}",
+            self.total,
             self.running.load(Ordering::Relaxed),
-            self.started.elapsed().as_secs_f64()
         )
     }
 

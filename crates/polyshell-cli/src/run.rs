@@ -17,6 +17,8 @@ pub struct Plan {
     pub chain: Vec<Schedule>,
     /// Every site the run may touch (for the summary and alignment).
     pub targets: Vec<String>,
+    /// How many action runs (an action on a site) the plan holds: the progress line's total.
+    pub actions: usize,
 }
 
 pub struct Settings {
@@ -61,7 +63,13 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
             }
         }
     }
-    let reporter = Reporter::new(settings.output, console.clone(), color, &plan.targets);
+    let reporter = Reporter::new(
+        settings.output,
+        console.clone(),
+        color,
+        &plan.targets,
+        plan.actions,
+    );
     let batch = Arc::new(Batch::new(plan.sites, plan.jobs, shells).with_events(reporter.clone()));
     let started = Instant::now();
 

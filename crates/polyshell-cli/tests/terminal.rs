@@ -61,6 +61,8 @@ fn progress_line_and_output_never_tear() {
         "a progress line was drawn: {text}"
     );
     assert!(text.contains("running"), "{text}");
+    // The progress line counts against the total.
+    assert!(text.contains("/50 done, "), "{text}");
     for i in 201..=250 {
         let line = format!("site{i} | done-line-polytest");
         assert!(text.contains(&line), "`{line}` torn or missing in:\n{text}");
