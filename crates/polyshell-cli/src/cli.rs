@@ -97,6 +97,7 @@ enum Command {
         after_help = "Example: polyshell jobs update deploy --mode site-sequential --break-on-error"
     )]
     Jobs {
+        /// Jobs of the Polyfile, run in the order given.
         #[arg(required = true, value_name = "JOB")]
         jobs: Vec<String>,
         /// site-sequential (default), sequential, atomic or parallel.
@@ -111,20 +112,29 @@ enum Command {
     },
     /// Run a named chain of schedules from the Polyfile.
     #[command(after_help = "Example: polyshell schedule release")]
-    Schedule { name: String },
+    Schedule {
+        /// A schedule of the Polyfile (`[schedules.NAME]`).
+        name: String,
+    },
     /// Copy a local file or directory to the targets (a directory makes DST a copy of it).
     #[command(after_help = "Example: polyshell upload ./site /srv/www --on web")]
     Upload {
+        /// A local file or directory.
         src: PathBuf,
+        /// Where it goes on each site (`~` is the login user's home).
         dst: String,
+        /// Roles, sites or host ranges, comma separated (`all` is every site).
         #[arg(long, value_name = "TARGETS")]
         on: Option<String>,
     },
     /// Copy a file or directory from the targets into DST/SITE on this machine.
     #[command(after_help = "Example: polyshell download /etc/os-release ./facts --on all")]
     Download {
+        /// A file or directory on each site.
         src: String,
+        /// A local directory: each site's copy goes to DST/SITE.
         dst: PathBuf,
+        /// Roles, sites or host ranges, comma separated (`all` is every site).
         #[arg(long, value_name = "TARGETS")]
         on: Option<String>,
     },
@@ -141,7 +151,10 @@ enum Command {
     #[command(
         after_help = "Example: polyshell completions bash > /etc/bash_completion.d/polyshell"
     )]
-    Completions { shell: clap_complete::Shell },
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 pub fn main() -> u8 {
