@@ -187,6 +187,7 @@ pub fn main() -> u8 {
     // A prompt abandoned on Ctrl-C leaves a thread blocked reading the terminal: do not wait
     // for it (dropping the runtime would).
     runtime.shutdown_timeout(Duration::from_millis(200));
+    crate::pump::Pump::drain_at_exit();
     match result {
         Ok(status) => status,
         Err(err) => {

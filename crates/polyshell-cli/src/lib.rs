@@ -18,6 +18,7 @@
 pub mod cli;
 pub mod exit;
 pub mod polyfile;
+mod pump;
 mod report;
 mod run;
 mod shells;

@@ -2,6 +2,7 @@
 //! (each distinct output once, with the folded set of sites), `json` (one event per line),
 //! `quiet`; a progress line on a terminal; the summary every run ends with.
 
+use crate::pump::Pump;
 use base64::Engine;
 use polyshell_auth::{Console, ConsoleStream};
 use polyshell_sched::{Event, EventSink, ScheduleResult, Status};
@@ -9,7 +10,6 @@ use polyshell_shell::Stream;
 use polyshell_sites::range;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,44 +66,33 @@ impl Terminal {
             }
             return;
         }
-        let mut err = std::io::stderr().lock();
+        // Under the lock, so the three pieces reach the pump in order.
+        let pump = Pump::get();
         if state.status.is_some() {
-            let _ = err.write_all(b"\r\x1b[2K");
+            pump.write(ConsoleStream::Stderr, b"\r\x1b[2K");
         }
-        match stream {
-            ConsoleStream::Stdout => {
-                let mut out = std::io::stdout().lock();
-                let _ = out.write_all(bytes);
-                let _ = out.flush();
-            }
-            ConsoleStream::Stderr => {
-                let _ = err.write_all(bytes);
-            }
-        }
+        pump.write(stream, bytes);
         if let Some(line) = state.status.as_ref() {
-            let _ = err.write_all(line.as_bytes());
+            pump.write(ConsoleStream::Stderr, line.as_bytes());
         }
-        let _ = err.flush();
     }
 
     fn drain(state: &mut TerminalState) {
-        if !state.out.is_empty() {
-            let mut out = std::io::stdout().lock();
-            let _ = out.write_all(&state.out);
-            let _ = out.flush();
-            state.out.clear();
-        }
-        if !state.err.is_empty() {
-            let mut err = std::io::stderr().lock();
-            let _ = err.write_all(&state.err);
-            let _ = err.flush();
-            state.err.clear();
-        }
+        let pump = Pump::get();
+        pump.write(ConsoleStream::Stdout, &std::mem::take(&mut state.out));
+        pump.write(ConsoleStream::Stderr, &std::mem::take(&mut state.err));
     }
 
-    /// Writes out whatever is buffered.
+    /// Hands whatever is buffered to the terminal's writer.
     pub fn flush(&self) {
         Self::drain(&mut self.lock());
+    }
+
+    /// The end of a run: everything buffered written out (waiting for a slow reader, but
+    /// not past Ctrl-C).
+    pub fn finish(&self) {
+        self.flush();
+        Pump::get().drain();
     }
 
     /// Draws (or with `None`, removes) the progress line.
@@ -112,12 +101,11 @@ impl Terminal {
             return;
         }
         let mut state = self.lock();
-        let mut err = std::io::stderr().lock();
-        let _ = err.write_all(b"\r\x1b[2K");
+        let mut bytes = b"\r\x1b[2K".to_vec();
         if let Some(l) = &line {
-            let _ = err.write_all(l.as_bytes());
+            bytes.extend_from_slice(l.as_bytes());
         }
-        let _ = err.flush();
+        Pump::get().write(ConsoleStream::Stderr, &bytes);
         state.status = line;
     }
 }

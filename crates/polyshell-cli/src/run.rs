@@ -154,7 +154,7 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
             b"polyshell: the run was stopped by Ctrl-C before it finished\n",
         );
     }
-    terminal.flush();
+    terminal.finish();
     if code != exit::SUCCESS {
         return code;
     }

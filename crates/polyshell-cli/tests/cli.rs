@@ -685,3 +685,62 @@ fn known_hosts_off_warns_once_naming_the_sites_at_every_verbosity() {
         assert!(warnings[0].contains("127.0.0.[2-3]"), "{}", warnings[0]);
     }
 }
+
+#[test]
+fn a_stalled_reader_of_stdout_does_not_stop_ctrl_c() {
+    // `polyshell ... | less`, paused: nobody reads standard output.
+    let dir = tempfile::tempdir().unwrap();
+    let marker = format!("stall-marker-{}", std::process::id());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_polyshell"))
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .args(["run", &format!("yes {marker}")])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _unread = child.stdout.take();
+    let mut stderr = child.stderr.take().unwrap();
+    let said = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut all);
+        all
+    });
+    // Long enough to fill the pipe and the writer's queue.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let pid = child.id() as libc::pid_t;
+    // Ctrl-C twice: the first stops new work, the second cancels what runs.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let sent = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if sent.elapsed() > std::time::Duration::from_secs(10) {
+            let _ = child.kill();
+            panic!("still running 10 s after Ctrl-C twice with stdout stalled");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let ended_in = sent.elapsed();
+    let stderr = said.join().unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped by Ctrl-C"), "{stderr}");
+    assert!(
+        ended_in < std::time::Duration::from_secs(2),
+        "ended {ended_in:?} after the second Ctrl-C"
+    );
+    let left = std::process::Command::new("pgrep")
+        .args(["-f", &marker])
+        .output()
+        .unwrap();
+    assert!(
+        left.stdout.is_empty(),
+        "the command was left running: {}",
+        text(&left.stdout)
+    );
+}
