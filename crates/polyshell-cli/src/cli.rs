@@ -228,9 +228,25 @@ fn init_tracing(verbose: u8) {
         2 => "polyshell=debug,polyshell_shell=debug,polyshell_sched=debug,polyshell_auth=debug",
         _ => "trace",
     };
+    // Log lines take the terminal's one output path: held while a prompt is up, and never
+    // blocking on a stalled reader past Ctrl-C.
+    struct LogWriter;
+    impl std::io::Write for LogWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            crate::run::log(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none(),
+        )
         .try_init();
 }
 

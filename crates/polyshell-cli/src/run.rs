@@ -27,6 +27,19 @@ pub struct Settings {
     pub ask_sudo_pass: bool,
 }
 
+/// The console of the run in progress, for log lines.
+static CONSOLE: std::sync::Mutex<Option<Console>> = std::sync::Mutex::new(None);
+
+/// Writes a log line: through the run's console when a run is on (held during a prompt),
+/// else straight to the terminal's writer.
+pub(crate) fn log(bytes: &[u8]) {
+    let console = CONSOLE.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match console {
+        Some(console) => console.write(ConsoleStream::Stderr, bytes),
+        None => crate::pump::Pump::get().write(ConsoleStream::Stderr, bytes),
+    }
+}
+
 pub async fn execute(plan: Plan, settings: Settings) -> u8 {
     let progress = std::io::stderr().is_terminal()
         && matches!(settings.output, OutputMode::Stream | OutputMode::Gather);
@@ -36,6 +49,7 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
         let terminal = terminal.clone();
         Console::new(move |stream, bytes| terminal.write(stream, bytes))
     };
+    *CONSOLE.lock().unwrap_or_else(|p| p.into_inner()) = Some(console.clone());
     let shells = Arc::new(CliShells::new(
         settings.shells.clone(),
         Some(console.clone()),

@@ -221,11 +221,36 @@ impl Drop for Tmux {
 #[ignore = "needs the SSH test fleet and tmux: run `cargo xtask test`"]
 fn a_mid_run_prompt_stays_on_the_screen_until_answered() {
     let fleet = Fleet::load();
-    // No -K: the prompt comes mid-run, with the progress line ticking.
+    // No -K: the prompt comes mid-run, with the progress line ticking and -vv logging, while
+    // another site finishes its work (output and log lines) during the wait.
+    let dir = tempfile::tempdir().unwrap();
+    let polyfile = dir.path().join("Polyfile.toml");
+    std::fs::write(
+        &polyfile,
+        r#"
+[sites."site[301-319]"]
+host = "{name}"
+roles = ["asks"]
+
+[sites.site320]
+host = "site320"
+roles = ["talks"]
+
+[[jobs.mixed]]
+roles = ["asks"]
+sudo = "id -u"
+
+[[jobs.mixed]]
+roles = ["talks"]
+run = "sleep 1.5; echo talking"
+"#,
+    )
+    .unwrap();
     let command = format!(
-        "env -u POLYSHELL_SUDO_PASSWORD NO_COLOR=1 {} --ssh-config {} -H 'site[301-320]' run --sudo -- id -u; echo EXIT=$?; sleep 60",
+        "env -u POLYSHELL_SUDO_PASSWORD NO_COLOR=1 {} -vv --ssh-config {} -f {} jobs mixed --mode parallel; echo EXIT=$?; sleep 60",
         env!("CARGO_BIN_EXE_polyshell"),
-        fleet.ssh_config.display()
+        fleet.ssh_config.display(),
+        polyfile.display()
     );
     let tmux = Tmux::start(&command);
     let prompt = "sudo password for agent `default`";
@@ -235,9 +260,11 @@ fn a_mid_run_prompt_stays_on_the_screen_until_answered() {
     let mut looks = 0;
     while std::time::Instant::now() < until {
         let screen = tmux.screen();
+        // Log lines (-vv) and output are held while it waits: it is the last line.
+        let last = screen.trim_end().lines().last().unwrap_or_default();
         assert!(
-            screen.contains(prompt),
-            "the prompt went from the screen after {looks} looks:\n{screen}"
+            last.contains(prompt),
+            "the prompt is not the last line after {looks} looks:\n{screen}"
         );
         looks += 1;
         std::thread::sleep(Duration::from_millis(50));
