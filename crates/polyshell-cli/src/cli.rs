@@ -1,5 +1,6 @@
 //! The command line: arguments, the inventory they resolve to, and dispatch.
 
+use crate::complete;
 use crate::exit::{self, CliError};
 use crate::polyfile::{self, Polyfile};
 use crate::report::OutputMode;
@@ -7,6 +8,7 @@ use crate::run::{self, Plan, Settings};
 use crate::shells::ShellSettings;
 use crate::steps;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap_complete::ArgValueCompleter;
 use polyshell_sched::{action, Jobs, Mode, Schedule};
 use polyshell_shell::HostKeyPolicy;
 use polyshell_sites::diag::Source;
@@ -77,7 +79,7 @@ enum Command {
     #[command(after_help = "Example: polyshell run --on web -- 'df -h /srv'")]
     Run {
         /// Roles, sites or host ranges, comma separated (`all` is every site).
-        #[arg(long, value_name = "TARGETS")]
+        #[arg(long, value_name = "TARGETS", add = ArgValueCompleter::new(complete::targets))]
         on: Option<String>,
         /// Run the command as root through sudo (one password prompt for every site).
         #[arg(long)]
@@ -98,13 +100,13 @@ enum Command {
     )]
     Jobs {
         /// Jobs of the Polyfile, run in the order given.
-        #[arg(required = true, value_name = "JOB")]
+        #[arg(required = true, value_name = "JOB", add = ArgValueCompleter::new(complete::jobs))]
         jobs: Vec<String>,
         /// site-sequential (default), sequential, atomic or parallel.
         #[arg(long, value_name = "MODE")]
         mode: Option<String>,
         /// Only the sites in these roles.
-        #[arg(long, value_name = "ROLES")]
+        #[arg(long, value_name = "ROLES", add = ArgValueCompleter::new(complete::targets))]
         on: Option<String>,
         /// A failed site runs no more jobs (in sequential and atomic modes: no job starts).
         #[arg(long = "break-on-error")]
@@ -114,6 +116,7 @@ enum Command {
     #[command(after_help = "Example: polyshell schedule release")]
     Schedule {
         /// A schedule of the Polyfile (`[schedules.NAME]`).
+        #[arg(add = ArgValueCompleter::new(complete::schedules))]
         name: String,
     },
     /// Copy a local file or directory to the targets (a directory makes DST a copy of it).
@@ -124,7 +127,7 @@ enum Command {
         /// Where it goes on each site (`~` is the login user's home).
         dst: String,
         /// Roles, sites or host ranges, comma separated (`all` is every site).
-        #[arg(long, value_name = "TARGETS")]
+        #[arg(long, value_name = "TARGETS", add = ArgValueCompleter::new(complete::targets))]
         on: Option<String>,
     },
     /// Copy a file or directory from the targets into DST/SITE on this machine.
@@ -135,7 +138,7 @@ enum Command {
         /// A local directory: each site's copy goes to DST/SITE.
         dst: PathBuf,
         /// Roles, sites or host ranges, comma separated (`all` is every site).
-        #[arg(long, value_name = "TARGETS")]
+        #[arg(long, value_name = "TARGETS", add = ArgValueCompleter::new(complete::targets))]
         on: Option<String>,
     },
     /// List the sites (of ROLE), or `sites show NAME` for one site's configuration.
@@ -158,6 +161,10 @@ enum Command {
 }
 
 pub fn main() -> u8 {
+    // Asked by the shell's completion function (`polyshell completions SHELL`): answer, exit.
+    clap_complete::CompleteEnv::with_factory(Cli::command)
+        .var(complete::VAR)
+        .complete();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -437,12 +444,8 @@ async fn adhoc(
 async fn dispatch(cli: Cli) -> Result<u8, CliError> {
     match &cli.command {
         Command::Completions { shell } => {
-            clap_complete::generate(
-                *shell,
-                &mut Cli::command(),
-                "polyshell",
-                &mut std::io::stdout(),
-            );
+            complete::registration(*shell)
+                .map_err(|e| CliError::usage(format!("completions: {e}")))?;
             Ok(exit::SUCCESS)
         }
         Command::Check => check(&cli),

@@ -16,6 +16,7 @@
 //! ```
 
 pub mod cli;
+mod complete;
 pub mod exit;
 pub mod polyfile;
 mod pump;

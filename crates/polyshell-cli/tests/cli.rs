@@ -744,3 +744,63 @@ fn a_stalled_reader_of_stdout_does_not_stop_ctrl_c() {
         text(&left.stdout)
     );
 }
+
+#[test]
+fn bash_completes_jobs_schedules_roles_and_sites_of_the_polyfile() {
+    let dir = polyfile_dir(
+        r#"
+[sites."web[01-02]"]
+roles = ["web"]
+
+[sites.db1]
+roles = ["db"]
+
+[[jobs.deploy]]
+roles = ["web"]
+run = "true"
+
+[[jobs.dbcheck]]
+roles = ["db"]
+run = "true"
+
+[schedules.release]
+chain = [{ jobs = ["deploy"] }]
+"#,
+    );
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_polyshell"));
+    // The registration script runs `polyshell` from PATH, as an installed one would.
+    let path = format!(
+        "{}:{}",
+        bin.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = r#"
+source <(polyshell completions bash)
+for line in "polyshell jobs d" "polyshell schedule r" "polyshell run --on web,d" "polyshell jobs deploy --on w"; do
+    read -ra COMP_WORDS <<< "$line"
+    COMP_CWORD=$((${#COMP_WORDS[@]} - 1))
+    _clap_complete_polyshell polyshell "${COMP_WORDS[COMP_CWORD]}" "${COMP_WORDS[COMP_CWORD-1]}"
+    echo "$line -> ${COMPREPLY[*]}"
+done
+"#;
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    for want in [
+        "polyshell jobs d -> dbcheck deploy\n",
+        "polyshell schedule r -> release\n",
+        "polyshell run --on web,d -> web,db web,db1\n",
+        "polyshell jobs deploy --on w -> web web01 web02\n",
+    ] {
+        assert!(
+            said.contains(want),
+            "missing {want:?} in:\n{said}{}",
+            text(&out.stderr)
+        );
+    }
+}
