@@ -66,6 +66,15 @@ fn group(fleet: &Fleet, sites: std::ops::Range<usize>, agent: &Arc<PasswordAgent
     Group { shells, output }
 }
 
+/// The agent `ops`, answering with `answers` in turn, and its prompter (to count the asks).
+fn ops_agent<S: Into<String>>(
+    answers: impl IntoIterator<Item = S>,
+) -> (Arc<ScriptedPrompter>, Arc<PasswordAgent>) {
+    let prompter = Arc::new(ScriptedPrompter::new(answers));
+    let agent = Arc::new(PasswordAgent::new("ops", prompter.clone()));
+    (prompter, agent)
+}
+
 async fn sudo_all(g: &Group, command: &str) -> Vec<Result<polyshell_shell::Output, ShellError>> {
     let runs = g.shells.iter().map(|s| s.sudo(command));
     bounded("sudo on every site", 120, futures::future::join_all(runs)).await
@@ -107,8 +116,7 @@ fn describe(results: &[Result<polyshell_shell::Output, ShellError>]) -> Vec<Stri
 async fn twenty_sites_one_prompt() {
     traced();
     let fleet = Fleet::load();
-    let prompter = Arc::new(ScriptedPrompter::new([fleet.password.clone()]));
-    let agent = Arc::new(PasswordAgent::new("ops", prompter.clone()));
+    let (prompter, agent) = ops_agent([fleet.password.clone()]);
     let g = group(&fleet, 0..20, &agent);
     let results = sudo_all(&g, "id -u").await;
     let texts = describe(&results);
@@ -126,11 +134,7 @@ async fn twenty_sites_one_prompt() {
 async fn a_wrong_then_a_right_answer_two_prompts() {
     traced();
     let fleet = Fleet::load();
-    let prompter = Arc::new(ScriptedPrompter::new([
-        "not-the-password".to_owned(),
-        fleet.password.clone(),
-    ]));
-    let agent = Arc::new(PasswordAgent::new("ops", prompter.clone()));
+    let (prompter, agent) = ops_agent(["not-the-password".to_owned(), fleet.password.clone()]);
     let g = group(&fleet, 20..40, &agent);
     let results = sudo_all(&g, "id -u").await;
     let texts = describe(&results);
@@ -149,13 +153,7 @@ async fn a_wrong_then_a_right_answer_two_prompts() {
 async fn three_wrong_answers_fail_every_site_without_hanging() {
     traced();
     let fleet = Fleet::load();
-    let prompter = Arc::new(ScriptedPrompter::new([
-        "wrong1",
-        "wrong2",
-        "wrong3",
-        "never-asked",
-    ]));
-    let agent = Arc::new(PasswordAgent::new("ops", prompter.clone()));
+    let (prompter, agent) = ops_agent(["wrong1", "wrong2", "wrong3", "never-asked"]);
     let g = group(&fleet, 40..60, &agent);
     let results = sudo_all(&g, "id -u").await;
     let texts = describe(&results);
@@ -201,8 +199,7 @@ async fn two_agents_prompt_separately() {
 async fn run_sudo_is_routed_pty_mode_and_input_work() {
     traced();
     let fleet = Fleet::load();
-    let prompter = Arc::new(ScriptedPrompter::new([fleet.password.clone()]));
-    let agent = Arc::new(PasswordAgent::new("ops", prompter.clone()));
+    let (prompter, agent) = ops_agent([fleet.password.clone()]);
     let g = group(&fleet, 80..81, &agent);
     let shell = &g.shells[0];
     let out = shell.run("sudo id -u").await.unwrap();
@@ -248,8 +245,7 @@ async fn local_sudo_that_does_not_ask_is_a_plain_run() {
 async fn sudo_inside_a_command_elevates_only_what_follows_it() {
     traced();
     let fleet = Fleet::load();
-    let prompter = Arc::new(ScriptedPrompter::new([fleet.password.clone()]));
-    let agent = Arc::new(PasswordAgent::new("ops", prompter.clone()));
+    let (prompter, agent) = ops_agent([fleet.password.clone()]);
     let g = group(&fleet, 81..82, &agent);
     let shell = &g.shells[0];
     let me = shell.run("id -un").await.unwrap().stdout_text();
@@ -288,11 +284,7 @@ async fn sudo_inside_a_command_elevates_only_what_follows_it() {
 async fn sudo_inside_a_command_asks_again_after_a_wrong_answer() {
     traced();
     let fleet = Fleet::load();
-    let prompter = Arc::new(ScriptedPrompter::new([
-        "not-the-password".to_owned(),
-        fleet.password.clone(),
-    ]));
-    let agent = Arc::new(PasswordAgent::new("ops", prompter.clone()));
+    let (prompter, agent) = ops_agent(["not-the-password".to_owned(), fleet.password.clone()]);
     let g = group(&fleet, 82..84, &agent);
     let runs = g.shells.iter().map(|s| s.run("echo start && sudo id -u"));
     let results = bounded("inline sudo", 120, futures::future::join_all(runs)).await;

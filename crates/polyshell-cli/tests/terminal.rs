@@ -18,6 +18,15 @@ fn session(fleet: &Fleet, args: &[&str]) -> OsSession {
     session
 }
 
+/// `text` as a Polyfile in a directory of its own (kept while the guard lives); its path.
+fn polyfile(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("Polyfile.toml");
+    std::fs::write(&path, text).unwrap();
+    let path = path.display().to_string();
+    (dir, path)
+}
+
 fn strip_ansi(bytes: &[u8]) -> String {
     let text = String::from_utf8_lossy(bytes);
     let mut out = String::new();
@@ -223,10 +232,7 @@ fn a_mid_run_prompt_stays_on_the_screen_until_answered() {
     let fleet = Fleet::load();
     // No -K: the prompt comes mid-run, with the progress line ticking and -vv logging, while
     // another site finishes its work (output and log lines) during the wait.
-    let dir = tempfile::tempdir().unwrap();
-    let polyfile = dir.path().join("Polyfile.toml");
-    std::fs::write(
-        &polyfile,
+    let (_dir, polyfile) = polyfile(
         r#"
 [sites."site[301-319]"]
 host = "{name}"
@@ -244,13 +250,12 @@ sudo = "id -u"
 roles = ["talks"]
 run = "sleep 1.5; echo talking"
 "#,
-    )
-    .unwrap();
+    );
     let command = format!(
         "env -u POLYSHELL_SUDO_PASSWORD NO_COLOR=1 {} -vv --ssh-config {} -f {} jobs mixed --mode parallel; echo EXIT=$?; sleep 60",
         env!("CARGO_BIN_EXE_polyshell"),
         fleet.ssh_config.display(),
-        polyfile.display()
+        polyfile
     );
     let tmux = Tmux::start(&command);
     let prompt = "sudo password for agent `default`";
@@ -283,10 +288,7 @@ run = "sleep 1.5; echo talking"
 #[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
 fn ask_sudo_pass_asks_for_every_agent_the_run_uses() {
     let fleet = Fleet::load();
-    let dir = tempfile::tempdir().unwrap();
-    let polyfile = dir.path().join("Polyfile.toml");
-    std::fs::write(
-        &polyfile,
+    let (_dir, polyfile) = polyfile(
         r#"
 [sites.site260]
 host = "site260"
@@ -306,9 +308,7 @@ roles = ["all-of-them"]
 roles = ["all-of-them"]
 sudo = "id -u"
 "#,
-    )
-    .unwrap();
-    let polyfile = polyfile.display().to_string();
+    );
     let mut s = session(&fleet, &["-K", "-f", &polyfile, "jobs", "who"]);
     for agent in ["web", "db", "default"] {
         s.expect(format!("sudo password for agent `{agent}`").as_str())
