@@ -1,23 +1,42 @@
-//! Host ranges in ClusterShell's nodeset syntax: `web[01-20]`, `db[1-3,7]`, `r[1-2]n[1-4]`,
-//! `n[1-9/2]`, and folding names back into that form for reports.
+//! Host patterns in ClusterShell's nodeset syntax: `web[01-20]`, `db[1-3,7]`, `r[1-2]n[1-4]`,
+//! `n[1-9/2]`, set operators between items (`web[1-9]!web5`, `@web&@eu`), and folding names
+//! back into that form for reports.
 //!
-//! Expansion: a pattern is a comma-separated list of terms (commas inside brackets belong to
-//! the bracket); each bracket is a comma-separated list of `N`, `A-B` or `A-B/STEP`; several
-//! brackets in one term make a cartesian product, leftmost varying slowest. A bound written
-//! with a leading zero (`01`) pads every number of its range to that width.
+//! The grammar, as ClusterShell documents it:
+//!
+//! - A pattern is a list of items joined by operators, applied left to right: `,` union,
+//!   `!` difference, `&` intersection, `^` symmetric difference. Whitespace around items is
+//!   ignored; an item may not be empty (`a,,b`, `a!`, `!a` are errors).
+//! - An item is a name with brackets: each bracket is a comma-separated list of `N`, `A-B`
+//!   or `A-B/STEP` (a step needs a range: `3/2` is an error); several brackets make a
+//!   cartesian product, leftmost varying slowest. Bounds may be negative (`n[-5-5]`,
+//!   `n[-8--4]`).
+//! - Zero padding: a bound written with a leading zero (`01`) pads its range to its width;
+//!   both bounds must then have the same width (`n[1-044]` is an error). `01` and `001` are
+//!   different names.
+//! - Digits written against a bracket belong to it: `node-00[1-6]` is `node-[001-006]`,
+//!   `node-[1-2]0` is `node-[10,20]` (then a step is an error). Only digits between two
+//!   brackets (`n[1-4]0[3-4]`) or a bracket right after another (`n[1-4][3-4]`) are errors.
+//! - A name cannot be only digits (`5`, `[1-9]`), nor hold a number above 10^100.
+//! - `@NAME` is a group, resolved by the caller's [`Groups`] (the CLI: the Polyfile's roles;
+//!   `@all` and `@*` every site). `@web[1-3]` is the groups `web1`, `web2`, `web3`.
+//!
+//! Everything is counted from the parsed pattern before any name is made: a pattern whose
+//! items together would make more than [`MAX_EXPANSION`] names is an error, in time and
+//! memory proportional to the pattern's own length.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 
-/// The most names one pattern may expand to: a typo like `web[1-1000000000]` is an error,
-/// not an out-of-memory. Counted before duplicates are removed (`n[1-9,1-9]` counts 18),
-/// from the parsed pattern alone, so rejecting costs no more than reading the pattern.
+/// The most names one pattern may make, summed over all its items (so a difference of two
+/// huge sets is refused rather than built): a typo like `web[1-1000000000]` is an error,
+/// not an out-of-memory. Counted before duplicates are removed (`n[1-9,1-9]` counts 18).
 pub const MAX_EXPANSION: usize = 1_000_000;
 
-/// Numbers longer than this are text, not a range dimension (they would overflow `u64`).
+/// Numbers longer than this are text to [`fold`] (they would overflow `u64`).
 const MAX_DIGITS: usize = 18;
 
-/// A pattern that is not a valid host range; `offset` is the byte offset in the pattern.
+/// A pattern that is not a valid host pattern; `offset` is the byte offset in the pattern.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message} (at character {} of `{pattern}`)", offset + 1)]
 pub struct RangeError {
@@ -26,97 +45,214 @@ pub struct RangeError {
     pub message: String,
 }
 
-/// Expands `pattern` into its names, in order, without duplicates.
+/// Where `@NAME` items take their names from, and what a plain name stands for.
+pub trait Groups {
+    /// The names in group `name` (`all` and `*` are every name), or why there are none.
+    fn group(&self, name: &str) -> Result<Vec<String>, String>;
+
+    /// The names a plain name stands for: itself, unless the caller maps names (a role to
+    /// its sites, say).
+    fn name(&self, name: &str) -> Result<Vec<String>, String> {
+        Ok(vec![name.to_owned()])
+    }
+}
+
+/// No groups: `@NAME` is an error.
+pub struct NoGroups;
+
+impl Groups for NoGroups {
+    fn group(&self, name: &str) -> Result<Vec<String>, String> {
+        Err(format!(
+            "`@{name}` is a group, and there are no groups here (roles come from a Polyfile)"
+        ))
+    }
+}
+
+/// Every group is empty: checks a pattern's syntax and size without resolving its groups.
+pub struct EmptyGroups;
+
+impl Groups for EmptyGroups {
+    fn group(&self, _: &str) -> Result<Vec<String>, String> {
+        Ok(Vec::new())
+    }
+}
+
+/// Expands `pattern` into its names, sorted as ClusterShell's `nodeset -e` sorts them (by
+/// the name's text, then its numbers), without duplicates. `@NAME` is an error.
 ///
 /// ```
 /// use polyshell_sites::range::expand;
 /// assert_eq!(expand("web[01-03]").unwrap(), ["web01", "web02", "web03"]);
 /// assert_eq!(expand("db[1-2,7]").unwrap(), ["db1", "db2", "db7"]);
 /// assert_eq!(expand("r[1-2]n[1-2]").unwrap(), ["r1n1", "r1n2", "r2n1", "r2n2"]);
+/// assert_eq!(expand("web[1-4]!web2").unwrap(), ["web1", "web3", "web4"]);
+/// assert_eq!(expand("n[1-5] & n[4-9]").unwrap(), ["n4", "n5"]);
 /// ```
 pub fn expand(pattern: &str) -> Result<Vec<String>, RangeError> {
+    expand_with(pattern, &NoGroups)
+}
+
+/// [`expand`], with `@NAME` items and plain names resolved by `groups`.
+pub fn expand_with(pattern: &str, groups: &dyn Groups) -> Result<Vec<String>, RangeError> {
     let err = |offset: usize, message: String| RangeError {
         pattern: pattern.to_owned(),
         offset,
         message,
     };
-    // First the whole pattern is parsed and counted, then names are made: a pattern is
-    // rejected in time and memory proportional to its own length, never to its expansion.
-    let mut terms = Vec::new();
+    // First every item is parsed and counted, then names are made.
+    let mut items = Vec::new();
     let mut total: u64 = 0;
-    for (start, term) in split_terms(pattern).map_err(|(o, m)| err(o, m))? {
-        if term.trim().is_empty() {
-            return Err(err(start, "empty name".into()));
+    for (op, at, text) in split_items(pattern).map_err(|(o, m)| err(o, m))? {
+        let (group, body, body_at) = match text.strip_prefix('@') {
+            Some(rest) => (true, rest, at + 1),
+            None => (false, text, at),
+        };
+        if group && body.is_empty() {
+            return Err(err(at, "`@` without a group name".into()));
         }
-        let parts = parse_term(term).map_err(|(o, m)| err(start + o, m))?;
-        let count = parts.iter().try_fold(1u64, |acc, p| match p {
-            Part::Text(_) => Some(acc),
-            Part::Numbers(specs) => acc.checked_mul(count_of(specs)?),
-        });
-        total = match count.and_then(|c| total.checked_add(c)) {
+        let item = parse_item(body, group).map_err(|(o, m)| err(body_at + o, m))?;
+        total = match total.checked_add(item.count) {
             Some(t) if t <= MAX_EXPANSION as u64 => t,
             _ => {
                 return Err(err(
-                    start,
-                    format!("expands to more than {MAX_EXPANSION} names"),
+                    at,
+                    format!("the pattern makes more than {MAX_EXPANSION} names"),
                 ))
             }
         };
-        terms.push(parts);
+        items.push((op, at, group, item));
     }
-    let mut names = Vec::with_capacity(total as usize);
-    let mut seen = std::collections::HashSet::with_capacity(total as usize);
-    for parts in &terms {
-        product(parts, &mut String::new(), &mut |name| {
-            if seen.insert(name.to_owned()) {
-                names.push(name.to_owned());
+    let mut set: HashSet<String> = HashSet::new();
+    for (op, at, group, item) in items {
+        let mut names: HashSet<String> = HashSet::new();
+        let mut failed = None;
+        item.each(&mut |name| {
+            if failed.is_some() {
+                return;
+            }
+            let resolved = if group {
+                match name {
+                    "*" => groups.group("all"),
+                    _ => groups.group(name),
+                }
+            } else {
+                groups.name(name)
+            };
+            match resolved {
+                Ok(more) => names.extend(more),
+                Err(message) => failed = Some(message),
             }
         });
+        if let Some(message) = failed {
+            return Err(err(at, message));
+        }
+        if group {
+            total = total.saturating_add(names.len() as u64);
+            if total > MAX_EXPANSION as u64 {
+                return Err(err(
+                    at,
+                    format!("the pattern makes more than {MAX_EXPANSION} names"),
+                ));
+            }
+        }
+        match op {
+            Op::Union => set.extend(names),
+            Op::Difference => set.retain(|n| !names.contains(n)),
+            Op::Intersection => set.retain(|n| names.contains(n)),
+            Op::Xor => {
+                for name in names {
+                    if !set.remove(&name) {
+                        set.insert(name);
+                    }
+                }
+            }
+        }
     }
+    let mut names: Vec<String> = set.into_iter().collect();
+    names.sort_by_cached_key(|n| sort_key(n));
     Ok(names)
 }
 
-/// Whether `name` contains range syntax (and so may stand for more than one name).
+/// How many names `pattern` makes (`@NAME` is an error).
+pub fn count(pattern: &str) -> Result<usize, RangeError> {
+    expand(pattern).map(|n| n.len())
+}
+
+/// Whether `name` contains pattern syntax (and so may stand for other names than itself).
 pub fn is_pattern(name: &str) -> bool {
-    name.contains(['[', ',', ']'])
+    name.contains(['[', ',', ']', '!', '&', '^', '@'])
 }
 
-enum Part {
-    Text(String),
-    /// The ranges of one bracket, in order (names are made from them only once the whole
-    /// pattern is known to be within budget).
-    Numbers(Vec<Span>),
+/// The order of `nodeset -e`: by the name's text with its numbers taken out, then by the
+/// numbers (shorter first, so `n9` before `n10` and `n1` before `n01`).
+fn sort_key(name: &str) -> (String, Vec<(usize, String)>) {
+    let mut text = String::new();
+    let mut numbers = Vec::new();
+    let mut rest = name;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        text.push_str(&rest[..start]);
+        let len = rest[start..]
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len() - start);
+        text.push_str("%s");
+        numbers.push((len, rest[start..start + len].to_owned()));
+        rest = &rest[start + len..];
+    }
+    text.push_str(rest);
+    (text, numbers)
 }
 
-/// `lo` to `hi` by `step`, each number padded to `pad` digits.
-struct Span {
-    lo: u64,
-    hi: u64,
-    step: u64,
-    pad: usize,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Union,
+    Difference,
+    Intersection,
+    Xor,
 }
 
-/// How many numbers a bracket stands for (an upper bound when its ranges overlap).
-fn count_of(spans: &[Span]) -> Option<u64> {
-    spans
-        .iter()
-        .try_fold(0u64, |acc, s| acc.checked_add((s.hi - s.lo) / s.step + 1))
-}
+type Fail = (usize, String);
 
-fn split_terms(pattern: &str) -> Result<Vec<(usize, &str)>, (usize, String)> {
-    let mut terms = Vec::new();
+/// The items of a pattern with the operator before each (the first: union), each trimmed of
+/// whitespace, with its byte offset.
+fn split_items(pattern: &str) -> Result<Vec<(Op, usize, &str)>, Fail> {
+    if pattern.trim().is_empty() {
+        return Err((0, "empty pattern".into()));
+    }
+    let mut items = Vec::new();
     let (mut depth, mut start, mut open_at) = (0usize, 0usize, 0usize);
+    let mut op = Op::Union;
+    let mut push = |op: Op, from: usize, to: usize, next: Option<char>| {
+        let raw = &pattern[from..to];
+        let text = raw.trim();
+        if text.is_empty() {
+            let message = match (from, next) {
+                (0, Some(c)) => format!("`{c}` needs an item before it"),
+                (_, Some(c)) => format!("an empty item before `{c}`"),
+                (_, None) => "an operator needs an item after it".to_owned(),
+            };
+            return Err((from.min(pattern.len().saturating_sub(1)), message));
+        }
+        let lead = raw.len() - raw.trim_start().len();
+        items.push((op, from + lead, text));
+        Ok(())
+    };
     for (i, c) in pattern.char_indices() {
         match c {
-            '[' if depth > 0 => return Err((i, "nested `[`".into())),
+            '[' if depth > 0 => return Err((i, "`[` inside a bracket".into())),
             '[' => {
                 depth = 1;
                 open_at = i;
             }
             ']' if depth == 0 => return Err((i, "`]` without `[`".into())),
             ']' => depth = 0,
-            ',' if depth == 0 => {
-                terms.push((start, &pattern[start..i]));
+            ',' | '!' | '&' | '^' if depth == 0 => {
+                push(op, start, i, Some(c))?;
+                op = match c {
+                    ',' => Op::Union,
+                    '!' => Op::Difference,
+                    '&' => Op::Intersection,
+                    _ => Op::Xor,
+                };
                 start = i + 1;
             }
             _ => {}
@@ -125,114 +261,427 @@ fn split_terms(pattern: &str) -> Result<Vec<(usize, &str)>, (usize, String)> {
     if depth > 0 {
         return Err((open_at, "unclosed `[`".into()));
     }
-    terms.push((start, &pattern[start..]));
-    Ok(terms)
+    push(op, start, pattern.len(), None)?;
+    Ok(items)
 }
 
-fn parse_term(term: &str) -> Result<Vec<Part>, (usize, String)> {
-    let mut parts = Vec::new();
-    let mut rest = term;
-    let mut offset = 0;
-    while let Some(open) = rest.find('[') {
-        if open > 0 {
-            parts.push(Part::Text(rest[..open].to_owned()));
+/// One parsed item: text between dimensions, and the numbers of each dimension.
+struct Item {
+    /// `texts.len() == dims.len() + 1`.
+    texts: Vec<String>,
+    dims: Vec<Vec<Span>>,
+    /// How many names it makes (an upper bound: overlaps are counted twice).
+    count: u64,
+}
+
+impl Item {
+    fn each(&self, emit: &mut dyn FnMut(&str)) {
+        let mut name = self.texts[0].clone();
+        self.product(0, &mut name, emit);
+    }
+
+    fn product(&self, d: usize, name: &mut String, emit: &mut dyn FnMut(&str)) {
+        if d == self.dims.len() {
+            emit(name);
+            return;
         }
+        let len = name.len();
+        for span in &self.dims[d] {
+            span.each(&mut |number| {
+                name.push_str(number);
+                name.push_str(&self.texts[d + 1]);
+                self.product(d + 1, name, emit);
+                name.truncate(len);
+            });
+        }
+    }
+}
+
+/// Numbers `lo` to `hi` by `step`, non-negative ones padded to `pad` digits; or one number
+/// too long for arithmetic, kept as written.
+#[derive(Debug, Clone)]
+enum Span {
+    Range {
+        lo: i128,
+        hi: i128,
+        step: i128,
+        pad: usize,
+    },
+    Literal(String),
+}
+
+impl Span {
+    fn count(&self) -> u64 {
+        match self {
+            Span::Range { lo, hi, step, .. } => {
+                u64::try_from((hi - lo) / step + 1).unwrap_or(u64::MAX)
+            }
+            Span::Literal(_) => 1,
+        }
+    }
+
+    fn each(&self, emit: &mut dyn FnMut(&str)) {
+        match self {
+            Span::Range { lo, hi, step, pad } => {
+                let mut v = *lo;
+                while v <= *hi {
+                    emit(&number_text(v, *pad));
+                    v += step;
+                }
+            }
+            Span::Literal(text) => emit(text),
+        }
+    }
+}
+
+fn number_text(v: i128, pad: usize) -> String {
+    if v < 0 {
+        format!("-{}", v.unsigned_abs())
+    } else {
+        format!("{v:0pad$}")
+    }
+}
+
+/// The most digits a bound of a range may have (`i128` arithmetic); a single number may
+/// have up to 101 (ClusterShell's limit: 10^100).
+const MAX_RANGE_DIGITS: usize = 38;
+
+enum Piece<'a> {
+    Text(&'a str, usize),
+    Bracket(&'a str, usize),
+}
+
+/// Parses one item (without its `@`); offsets in errors are relative to `text`.
+fn parse_item(text: &str, group: bool) -> Result<Item, Fail> {
+    // Text and brackets, in order (brackets were checked to pair up by `split_items`).
+    let mut pieces = Vec::new();
+    let mut rest = text;
+    let mut at = 0;
+    while let Some(open) = rest.find('[') {
         let close = rest[open..]
             .find(']')
             .map(|c| open + c)
-            .unwrap_or(rest.len());
-        let body = &rest[open + 1..close];
-        parts.push(Part::Numbers(
-            parse_bracket(body).map_err(|(o, m)| (offset + open + 1 + o, m))?,
-        ));
-        offset += close + 1;
+            .ok_or((at + open, "unclosed `[`".to_owned()))?;
+        if open > 0 {
+            let t = &rest[..open];
+            if let Some(i) = t.find(char::is_whitespace) {
+                return Err((at + i, "whitespace inside a name".into()));
+            }
+            pieces.push(Piece::Text(t, at));
+        } else if matches!(pieces.last(), Some(Piece::Bracket(..))) {
+            return Err((
+                at,
+                "`[` right after `]`: put the numbers in one bracket, or a name part between"
+                    .into(),
+            ));
+        }
+        pieces.push(Piece::Bracket(&rest[open + 1..close], at + open + 1));
+        at += close + 1;
         rest = &rest[close + 1..];
     }
     if !rest.is_empty() {
-        parts.push(Part::Text(rest.to_owned()));
+        if let Some(i) = rest.find(char::is_whitespace) {
+            return Err((at + i, "whitespace inside a name".into()));
+        }
+        pieces.push(Piece::Text(rest, at));
     }
-    Ok(parts)
+
+    let mut texts = vec![String::new()];
+    let mut dims: Vec<Vec<Span>> = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        match *piece {
+            Piece::Text(t, t_at) => {
+                let prev_bracket = i > 0;
+                let next_bracket = matches!(pieces.get(i + 1), Some(Piece::Bracket(..)));
+                // Leading digits went to the bracket before, trailing ones go to the next.
+                let lead = if prev_bracket { digits_at_start(t) } else { 0 };
+                let trail = if next_bracket {
+                    digits_at_end(&t[lead..])
+                } else {
+                    0
+                };
+                if prev_bracket && next_bracket && lead == t.len() {
+                    return Err((t_at, "only digits between `]` and `[`".into()));
+                }
+                let middle = &t[lead..t.len() - trail];
+                single_numbers(middle, t_at + lead, &mut texts, &mut dims)?;
+            }
+            Piece::Bracket(body, b_at) => {
+                let before = match i.checked_sub(1).map(|j| &pieces[j]) {
+                    Some(Piece::Text(t, _)) => &t[t.len() - digits_at_end(t)..],
+                    _ => "",
+                };
+                let after = match pieces.get(i + 1) {
+                    Some(Piece::Text(t, _)) => &t[..digits_at_start(t)],
+                    _ => "",
+                };
+                // A bracket with digits next to it (`00[1-6]`, `[1-2]0`) is one range.
+                let spans = if before.is_empty() && after.is_empty() {
+                    parse_ranges(body).map_err(|(o, m)| (b_at + o, m))?
+                } else {
+                    let body = with_trailing(body, after).map_err(|m| (b_at, m))?;
+                    let spans = parse_ranges(&body).map_err(|(_, m)| (b_at, m))?;
+                    with_leading(before, spans).map_err(|m| (b_at, m))?
+                };
+                dims.push(spans);
+                texts.push(String::new());
+            }
+        }
+    }
+    if !group && texts.iter().all(String::is_empty) {
+        return Err((0, "a name cannot be only digits".into()));
+    }
+    let count = dims.iter().try_fold(1u64, |acc, spans| {
+        let n = spans
+            .iter()
+            .try_fold(0u64, |acc, s| acc.checked_add(s.count()))?;
+        acc.checked_mul(n)
+    });
+    Ok(Item {
+        texts,
+        dims,
+        count: count.unwrap_or(u64::MAX),
+    })
 }
 
-fn parse_bracket(body: &str) -> Result<Vec<Span>, (usize, String)> {
-    if body.is_empty() {
-        return Err((0, "empty `[]`".into()));
+fn digits_at_start(s: &str) -> usize {
+    s.bytes().take_while(u8::is_ascii_digit).count()
+}
+
+fn digits_at_end(s: &str) -> usize {
+    s.bytes().rev().take_while(u8::is_ascii_digit).count()
+}
+
+/// Text outside brackets: each digit run is a dimension of one number.
+fn single_numbers(
+    text: &str,
+    at: usize,
+    texts: &mut Vec<String>,
+    dims: &mut Vec<Vec<Span>>,
+) -> Result<(), Fail> {
+    let mut rest = text;
+    let mut offset = at;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_digit()) {
+        if let Some(last) = texts.last_mut() {
+            last.push_str(&rest[..start]);
+        }
+        let len = digits_at_start(&rest[start..]);
+        let digits = &rest[start..start + len];
+        if above_limit(digits) {
+            return Err((offset + start, "a number above 10^100".into()));
+        }
+        dims.push(vec![Span::Literal(digits.to_owned())]);
+        texts.push(String::new());
+        offset += start + len;
+        rest = &rest[start + len..];
     }
+    if let Some(last) = texts.last_mut() {
+        last.push_str(rest);
+    }
+    Ok(())
+}
+
+/// Whether a digit string is above 10^100 (ClusterShell's largest index).
+fn above_limit(digits: &str) -> bool {
+    let significant = digits.trim_start_matches('0');
+    significant.len() > 101
+        || significant.len() == 101 && significant.bytes().skip(1).any(|b| b != b'0')
+}
+
+/// Digits right after a bracket (`[1-2]0`) join each of its numbers: `1-2` becomes
+/// `10-20/10`.
+fn with_trailing(body: &str, digits: &str) -> Result<String, String> {
+    if digits.is_empty() {
+        return Ok(body.to_owned());
+    }
+    if body.contains('/') {
+        return Err(format!("digits `{digits}` after a bracket with a step"));
+    }
+    if negative(body) {
+        return Err(format!("digits `{digits}` after a negative range"));
+    }
+    let step = format!("/1{}", "0".repeat(digits.len()));
+    Ok(body
+        .split(',')
+        .map(|item| {
+            if item.contains('-') {
+                let bounds: Vec<String> = item
+                    .split('-')
+                    .map(|b| format!("{}{digits}", b.trim()))
+                    .collect();
+                format!("{}{step}", bounds.join("-"))
+            } else {
+                format!("{}{digits}", item.trim())
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(","))
+}
+
+fn negative(body: &str) -> bool {
+    let compact: String = body.split_whitespace().collect();
+    format!(",{compact}").contains(",-")
+}
+
+/// Digits right before a bracket (`00[1-6]`) begin each of its numbers: each run of
+/// consecutive numbers becomes one range with the digits in front of both bounds.
+fn with_leading(digits: &str, spans: Vec<Span>) -> Result<Vec<Span>, String> {
+    if digits.is_empty() {
+        return Ok(spans);
+    }
+    let total = spans
+        .iter()
+        .try_fold(0u64, |acc, s| acc.checked_add(s.count()))
+        .unwrap_or(u64::MAX);
+    if total > MAX_EXPANSION as u64 {
+        return Err(format!("the bracket makes more than {MAX_EXPANSION} names"));
+    }
+    let mut numbers: BTreeSet<(usize, String)> = BTreeSet::new();
+    for span in &spans {
+        if matches!(span, Span::Range { lo, .. } if *lo < 0) {
+            return Err(format!("digits `{digits}` before a negative range"));
+        }
+        span.each(&mut |n| {
+            numbers.insert((n.len(), n.to_owned()));
+        });
+    }
+    // Runs of consecutive numbers written alike (all padded to one width, or unpadded).
+    let mut runs: Vec<(String, String)> = Vec::new();
+    let mut last: Option<(u128, bool, usize)> = None;
+    for (len, n) in numbers {
+        let value: Option<u128> = n.parse().ok();
+        let padded = len > 1 && n.starts_with('0');
+        let joins = match (last, value) {
+            (Some((prev, was_padded, width)), Some(v)) => {
+                v == prev + 1 && padded == was_padded && (!padded || len == width)
+            }
+            _ => false,
+        };
+        match runs.last_mut() {
+            Some(run) if joins => run.1 = n.clone(),
+            _ => runs.push((n.clone(), n.clone())),
+        }
+        last = value.map(|v| (v, padded, len));
+    }
+    let text: Vec<String> = runs
+        .iter()
+        .map(|(lo, hi)| {
+            if lo == hi {
+                format!("{digits}{lo}")
+            } else {
+                format!("{digits}{lo}-{digits}{hi}")
+            }
+        })
+        .collect();
+    parse_ranges(&text.join(",")).map_err(|(_, m)| m)
+}
+
+/// The comma-separated ranges of one bracket.
+fn parse_ranges(body: &str) -> Result<Vec<Span>, Fail> {
     let mut out = Vec::new();
     let mut offset = 0;
     for item in body.split(',') {
-        let (range, step) = match item.split_once('/') {
-            Some((r, s)) => (r, Some(s)),
-            None => (item, None),
-        };
-        let (lo, hi) = range.split_once('-').unwrap_or((range, range));
-        let lo_n = number(lo).ok_or((offset, format!("`{lo}` is not a number")))?;
-        let hi_at = offset + range.len() - hi.len();
-        let hi_n = number(hi).ok_or((hi_at, format!("`{hi}` is not a number")))?;
-        if hi_n < lo_n {
-            return Err((offset, format!("reversed range `{range}`: {lo_n} > {hi_n}")));
-        }
-        let step = match step {
-            None => 1,
-            Some(s) => match number(s) {
-                Some(n) if n > 0 => n,
-                _ => return Err((offset + range.len() + 1, format!("bad step `{s}`"))),
-            },
-        };
-        if (hi_n - lo_n) / step >= MAX_EXPANSION as u64 {
-            return Err((
-                offset,
-                format!("`{range}` expands to more than {MAX_EXPANSION} names"),
-            ));
-        }
-        let pad = if lo.len() > 1 && lo.starts_with('0') {
-            lo.len()
-        } else {
-            0
-        };
-        out.push(Span {
-            lo: lo_n,
-            hi: hi_n,
-            step,
-            pad,
-        });
+        let lead = item.len() - item.trim_start().len();
+        out.push(parse_range(item.trim()).map_err(|m| (offset + lead, m))?);
         offset += item.len() + 1;
     }
     Ok(out)
 }
 
-fn number(s: &str) -> Option<u64> {
-    if s.is_empty() || s.len() > MAX_DIGITS || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
+/// `N`, `A-B`, `A-B/STEP`, with negative bounds: `-5`, `-5-5`, `-8--4`.
+fn parse_range(item: &str) -> Result<Span, String> {
+    if item.is_empty() {
+        return Err("empty range".into());
     }
-    s.parse().ok()
+    let (base, step) = match item.split_once('/') {
+        Some((b, s)) => (b.trim(), Some(s.trim())),
+        None => (item, None),
+    };
+    let step: i128 = match step {
+        None => 1,
+        Some(s) if !s.is_empty() && s.len() <= MAX_RANGE_DIGITS && is_digits(s) => {
+            s.parse().map_err(|_| format!("bad step `{s}`"))?
+        }
+        Some(s) => return Err(format!("bad step `{s}`")),
+    };
+    let parts: Vec<&str> = base.split('-').map(str::trim).collect();
+    let single = |n: &str| {
+        if step != 1 {
+            return Err(format!(
+                "a step needs a range: `{item}` (write `{n}-LAST/{step}`)"
+            ));
+        }
+        Ok(n.to_owned())
+    };
+    let (begin, begin_neg, end, end_neg) = match parts.as_slice() {
+        [n] => {
+            single(n)?;
+            (*n, false, *n, false)
+        }
+        ["", n] => {
+            single(n)?;
+            (*n, true, *n, true)
+        }
+        [a, b] => (*a, false, *b, false),
+        ["", a, b] => (*a, true, *b, false),
+        ["", a, "", b] => (*a, true, *b, true),
+        _ => return Err(format!("`{item}` is not a range")),
+    };
+    for bound in [begin, end] {
+        if !is_digits(bound) {
+            return Err(format!("`{bound}` is not a number"));
+        }
+        if above_limit(bound) {
+            return Err(format!("`{bound}` is above 10^100"));
+        }
+    }
+    let pad = if begin.len() > 1 && begin.starts_with('0') {
+        begin.len()
+    } else {
+        0
+    };
+    let end_pad = if end.bytes().any(|b| b != b'0') && end.len() > 1 && end.starts_with('0') {
+        end.len()
+    } else {
+        0
+    };
+    if (pad > 0 || end_pad > 0) && begin.len() != end.len() {
+        return Err(format!(
+            "padding mismatch in `{item}`: zero-padded bounds must have the same width"
+        ));
+    }
+    if pad > 0 && begin_neg {
+        return Err(format!("`{item}`: negative ranges cannot be zero-padded"));
+    }
+    let significant = |s: &str| s.trim_start_matches('0').len();
+    if significant(begin) > MAX_RANGE_DIGITS || significant(end) > MAX_RANGE_DIGITS {
+        if begin == end && !begin_neg {
+            return Ok(Span::Literal(begin.to_owned()));
+        }
+        return Err(format!(
+            "`{item}`: a range's bounds may have at most {MAX_RANGE_DIGITS} digits"
+        ));
+    }
+    let value = |s: &str, neg: bool| -> i128 {
+        let v: i128 = s.parse().unwrap_or(0);
+        if neg {
+            -v
+        } else {
+            v
+        }
+    };
+    let (lo, hi) = (value(begin, begin_neg), value(end, end_neg));
+    if lo > hi {
+        return Err(format!("reversed range `{item}`: {lo} > {hi}"));
+    }
+    if step < 1 {
+        return Err(format!("bad step in `{item}`"));
+    }
+    Ok(Span::Range { lo, hi, step, pad })
 }
 
-fn product(parts: &[Part], prefix: &mut String, emit: &mut dyn FnMut(&str)) {
-    let Some((first, rest)) = parts.split_first() else {
-        emit(prefix);
-        return;
-    };
-    let len = prefix.len();
-    match first {
-        Part::Text(t) => {
-            prefix.push_str(t);
-            product(rest, prefix, emit);
-        }
-        Part::Numbers(spans) => {
-            for span in spans {
-                let mut v = span.lo;
-                while v <= span.hi {
-                    use std::fmt::Write as _;
-                    let _ = write!(prefix, "{v:0pad$}", pad = span.pad);
-                    product(rest, prefix, emit);
-                    prefix.truncate(len);
-                    v += span.step;
-                }
-            }
-        }
-    }
-    prefix.truncate(len);
+fn is_digits(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Folds names into the shortest range form this module finds: names that differ only in

@@ -200,6 +200,55 @@ impl SiteStore {
         set
     }
 
+    /// The sites a host pattern names, in order of addition: `@ROLE` is the role's sites
+    /// (`@all` and `@*` every site), a plain name a site or a role, and the operators of
+    /// [`range`](crate::range) combine them (`@web!web03`, `@web&@eu`, `db[1-3],cache`).
+    /// A name that is neither a site nor a role is an error listing the roles.
+    ///
+    /// ```
+    /// use polyshell_sites::{json, SiteStore};
+    /// let sites = SiteStore::new();
+    /// sites.add(["web1", "web2", "web3"], "web", json!({}));
+    /// sites.add(["web1", "db1"], "eu", json!({}));
+    /// assert_eq!(sites.select("@web!web2").unwrap(), ["web1", "web3"]);
+    /// assert_eq!(sites.select("@web&@eu").unwrap(), ["web1"]);
+    /// assert_eq!(sites.select("eu,web3").unwrap(), ["web1", "web3", "db1"]);
+    /// assert!(sites.select("@nope").unwrap_err().message.contains("roles: eu, web"));
+    /// ```
+    pub fn select(&self, pattern: &str) -> Result<Vec<String>, crate::range::RangeError> {
+        struct Targets<'a>(&'a SiteStore);
+        impl crate::range::Groups for Targets<'_> {
+            fn group(&self, name: &str) -> Result<Vec<String>, String> {
+                self.0.group(name)
+            }
+            fn name(&self, name: &str) -> Result<Vec<String>, String> {
+                if self.0.has_role(name) {
+                    Ok(self.0.list(name, ()))
+                } else {
+                    Err(format!(
+                        "`{name}` is neither a role nor a site (roles: {})",
+                        self.0.group_names().join(", ")
+                    ))
+                }
+            }
+        }
+        let names = crate::range::expand_with(pattern, &Targets(self))?;
+        Ok(self.list(names, ()))
+    }
+
+    /// The role names that are not only a site's own name, sorted: what `@ROLE` is for.
+    pub fn group_names(&self) -> Vec<String> {
+        let mut roles: Vec<String> = self
+            .inner
+            .roles
+            .iter()
+            .filter(|r| !(r.members.len() == 1 && r.members.contains(r.key())))
+            .map(|r| r.key().clone())
+            .collect();
+        roles.sort();
+        roles
+    }
+
     /// `add(list(in_roles), roles, config)`: updates the sites already in `in_roles`,
     /// creating none.
     pub fn update(&self, in_roles: impl Names, roles: impl Names, config: Value) {
@@ -255,6 +304,21 @@ impl SiteStore {
             if let Some(mut entry) = self.inner.sites.get_mut(&name) {
                 entry.values.insert(TypeId::of::<T>(), value.clone());
             }
+        }
+    }
+}
+
+/// `@ROLE` in host patterns: the role's sites; `@all` (and `@*`) every site. A role with no
+/// site is an error listing the roles.
+impl crate::range::Groups for SiteStore {
+    fn group(&self, name: &str) -> Result<Vec<String>, String> {
+        if name == ALL || self.has_role(name) {
+            Ok(self.list(name, ()))
+        } else {
+            Err(format!(
+                "no role `{name}` (roles: {})",
+                self.group_names().join(", ")
+            ))
         }
     }
 }

@@ -44,7 +44,8 @@ fn hostile_patterns_are_rejected_without_materialising_them() {
     assert_eq!(eleven.len(), 103);
     let many = format!("n[{}]", ["1-999999"; 56].join(","));
     assert!(many.len() >= 500);
-    let terms: Vec<String> = (0..700).map(|i| format!("h{i}[1-99999]")).collect();
+    // (`h{i}-`: digits against a bracket would join its numbers.)
+    let terms: Vec<String> = (0..640).map(|i| format!("h{i}-[1-99999]")).collect();
     let ten_kb = terms.join(",");
     assert!(ten_kb.len() > 9_000 && ten_kb.len() < 10_240);
     let patterns = [
@@ -54,6 +55,13 @@ fn hostile_patterns_are_rejected_without_materialising_them() {
         "x[1-999999],y[1-999999]".to_owned(),
         format!("n[0-{}]", MAX_EXPANSION),
         ten_kb,
+        // Set operators: every item counts, so a difference of two huge sets is refused
+        // before either is built.
+        "n[1-999999]!n[1-999999]".to_owned(),
+        "n[1-600000] & n[1-600000]".to_owned(),
+        "a[1-999999]^b[1-999999]".to_owned(),
+        // Digits against a bracket: the bracket is counted before its numbers are joined.
+        "n1[1-99999999]".to_owned(),
     ];
     // This test's binary has only this test: nothing else allocates meanwhile.
     for pattern in &patterns {
