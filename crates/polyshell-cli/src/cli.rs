@@ -12,7 +12,7 @@ use clap_complete::ArgValueCompleter;
 use polyshell_sched::{action, Jobs, Mode, Schedule};
 use polyshell_shell::HostKeyPolicy;
 use polyshell_sites::diag::Source;
-use polyshell_sites::{json, range, SiteStore};
+use polyshell_sites::{json, range, SiteStore, Value};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -31,7 +31,8 @@ struct Cli {
     /// The Polyfile (default: ./Polyfile.toml when it exists; otherwise the one local site).
     #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
     file: Option<PathBuf>,
-    /// Target hosts without a Polyfile: a comma list with host ranges, e.g. `db1,web[01-03]`.
+    /// Target hosts without a Polyfile: a host pattern, e.g. `db1,web[01-03]`,
+    /// `web[1-20]!web7`; `@ROLE` takes a role's sites from the Polyfile (`@web&@eu`).
     #[arg(short = 'H', long = "hosts", global = true, value_name = "HOSTS")]
     hosts: Option<String>,
     /// At most N sites busy at once (N ≥ 1).
@@ -78,7 +79,7 @@ enum Command {
     /// Run an ad hoc command on the targets.
     #[command(after_help = "Example: polyshell run --on web -- 'df -h /srv'")]
     Run {
-        /// Roles, sites or host ranges, comma separated (`all` is every site).
+        /// Roles, sites or a host pattern: `web,db1`, `@web&@eu`, `web!web03` (`all`: every site).
         #[arg(long, value_name = "TARGETS", add = ArgValueCompleter::new(complete::targets))]
         on: Option<String>,
         /// Run the command as root through sudo (one password prompt for every site).
@@ -105,7 +106,7 @@ enum Command {
         /// site-sequential (default), sequential, atomic or parallel.
         #[arg(long, value_name = "MODE")]
         mode: Option<String>,
-        /// Only the sites in these roles.
+        /// Only these sites: roles, sites or a host pattern (`@web!web03`).
         #[arg(long, value_name = "ROLES", add = ArgValueCompleter::new(complete::targets))]
         on: Option<String>,
         /// A failed site runs no more jobs (in sequential and atomic modes: no job starts).
@@ -126,7 +127,7 @@ enum Command {
         src: PathBuf,
         /// Where it goes on each site (`~` is the login user's home).
         dst: String,
-        /// Roles, sites or host ranges, comma separated (`all` is every site).
+        /// Roles, sites or a host pattern: `web,db1`, `@web&@eu`, `web!web03` (`all`: every site).
         #[arg(long, value_name = "TARGETS", add = ArgValueCompleter::new(complete::targets))]
         on: Option<String>,
     },
@@ -137,9 +138,28 @@ enum Command {
         src: String,
         /// A local directory: each site's copy goes to DST/SITE.
         dst: PathBuf,
-        /// Roles, sites or host ranges, comma separated (`all` is every site).
+        /// Roles, sites or a host pattern: `web,db1`, `@web&@eu`, `web!web03` (`all`: every site).
         #[arg(long, value_name = "TARGETS", add = ArgValueCompleter::new(complete::targets))]
         on: Option<String>,
+    },
+    /// Expand, fold or count host patterns, like ClusterShell's `nodeset -e/-f/-c`.
+    #[command(after_help = "Examples: polyshell hosts expand 'web[01-20]!web07'    \
+                            polyshell hosts fold web1 web2 web3    \
+                            polyshell hosts count @web&@eu\n\n\
+                            Patterns: `,` union, `!` difference, `&` intersection, `^` \
+                            symmetric difference, left to right; `@ROLE` is a role of the \
+                            Polyfile (`@all` every site). With no PATTERN, they are read \
+                            from standard input, separated by whitespace.")]
+    Hosts {
+        /// expand (every name), fold (the shortest pattern) or count.
+        #[arg(value_enum)]
+        action: HostsAction,
+        /// Host patterns (their union); none: read from standard input.
+        #[arg(value_name = "PATTERN", allow_hyphen_values = true)]
+        patterns: Vec<String>,
+        /// What separates expanded names (`\n` and `\t` understood).
+        #[arg(short = 'S', long, default_value = " ", value_name = "SEP")]
+        separator: String,
     },
     /// List the sites (of ROLE), or `sites show NAME` for one site's configuration.
     #[command(after_help = "Examples: polyshell sites web    polyshell sites show web01")]
@@ -158,6 +178,14 @@ enum Command {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
     },
+}
+
+/// What `polyshell hosts` does with its patterns.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum HostsAction {
+    Expand,
+    Fold,
+    Count,
 }
 
 pub fn main() -> u8 {
@@ -213,8 +241,14 @@ where
     T: Into<std::ffi::OsString> + Clone,
 {
     let cli = Cli::try_parse_from(args).map_err(|e| CliError::usage(e.to_string()))?;
+    // Groups (`@ROLE`) need the Polyfile; here only their syntax and size are checked.
+    let check = |pattern: &str, what: &str| {
+        range::expand_with(pattern, &range::EmptyGroups)
+            .map(drop)
+            .map_err(|e| CliError::usage(format!("{what}: {e}")))
+    };
     if let Some(hosts) = &cli.hosts {
-        range::expand(hosts).map_err(|e| CliError::usage(format!("-H: {e}")))?;
+        check(hosts, "-H")?;
     }
     let on = match &cli.command {
         Command::Run { on, .. }
@@ -224,7 +258,7 @@ where
         _ => None,
     };
     if let Some(on) = on {
-        range::expand(on).map_err(|e| CliError::usage(format!("--on: {e}")))?;
+        check(on, "--on")?;
     }
     Ok(())
 }
@@ -295,10 +329,20 @@ fn polyfile_path(cli: &Cli) -> Option<PathBuf> {
 
 fn inventory(cli: &Cli) -> Result<Inventory, CliError> {
     if let Some(hosts) = &cli.hosts {
-        let names = range::expand(hosts).map_err(|e| CliError::usage(format!("-H: {e}")))?;
+        let roles = PolyfileRoles::new(cli);
+        let names = roles.expand(hosts, "-H")?;
+        if names.is_empty() {
+            return Err(CliError::usage(format!("-H: `{hosts}` names no host")));
+        }
+        // A name from `@ROLE` is a site of the Polyfile, with its configuration; any other
+        // name is a host.
+        let polyfile = roles.loaded();
         let sites = SiteStore::new();
         for name in names {
-            sites.add(&name, (), json!({ "host": name }));
+            match polyfile.and_then(|pf| pf.sites.get(&name)) {
+                Some(site) => sites.add(&name, (), Value::Object(site.config().clone())),
+                None => sites.add(&name, (), json!({ "host": name })),
+            }
         }
         return Ok(Inventory {
             sites,
@@ -339,16 +383,62 @@ fn targets(inv: &Inventory, on: Option<&str>, command: &str) -> Result<Vec<Strin
             inv.sites.role_names().join(", ")
         )));
     };
-    let names = range::expand(on).map_err(|e| CliError::usage(format!("--on: {e}")))?;
-    for name in &names {
-        if !inv.sites.has_role(name) {
-            return Err(CliError::usage(format!(
-                "--on: `{name}` is neither a role nor a site (roles: {})",
-                inv.sites.role_names().join(", ")
-            )));
+    let sites = inv
+        .sites
+        .select(on)
+        .map_err(|e| CliError::usage(format!("--on: {e}")))?;
+    if sites.is_empty() {
+        return Err(CliError::usage(format!("--on: `{on}` names no site")));
+    }
+    Ok(sites)
+}
+
+/// `@ROLE` in `-H` and `polyshell hosts`: the roles of the Polyfile, read only when a pattern
+/// names a group (a pattern without one works with no Polyfile, or a broken one).
+struct PolyfileRoles<'a> {
+    cli: &'a Cli,
+    polyfile: std::cell::OnceCell<Result<Polyfile, String>>,
+}
+
+impl<'a> PolyfileRoles<'a> {
+    fn new(cli: &'a Cli) -> Self {
+        PolyfileRoles {
+            cli,
+            polyfile: std::cell::OnceCell::new(),
         }
     }
-    Ok(inv.sites.list(&names, ()))
+
+    /// The Polyfile, if a group made it be read.
+    fn loaded(&self) -> Option<&Polyfile> {
+        self.polyfile.get().and_then(|r| r.as_ref().ok())
+    }
+
+    /// `pattern` expanded; a Polyfile that could not be read is reported as itself, not as
+    /// an error inside the pattern.
+    fn expand(&self, pattern: &str, what: &str) -> Result<Vec<String>, CliError> {
+        range::expand_with(pattern, self).map_err(|e| match self.polyfile.get() {
+            Some(Err(message)) => CliError::usage(message.clone()),
+            _ => CliError::usage(format!("{what}: {e}")),
+        })
+    }
+}
+
+impl range::Groups for PolyfileRoles<'_> {
+    fn group(&self, name: &str) -> Result<Vec<String>, String> {
+        let polyfile = self.polyfile.get_or_init(|| {
+            let path = polyfile_path(self.cli).ok_or_else(|| {
+                format!(
+                    "`@{name}` is a role of a Polyfile, and there is none \
+                     (-f FILE or ./Polyfile.toml)"
+                )
+            })?;
+            read_polyfile(&path).map_err(|e| e.message)
+        });
+        match polyfile {
+            Ok(pf) => range::Groups::group(&pf.sites, name),
+            Err(message) => Err(message.clone()),
+        }
+    }
 }
 
 fn shell_settings(cli: &Cli) -> ShellSettings {
@@ -449,6 +539,11 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
             Ok(exit::SUCCESS)
         }
         Command::Check => check(&cli),
+        Command::Hosts {
+            action,
+            patterns,
+            separator,
+        } => hosts(&cli, *action, patterns, separator),
         Command::Sites { args } => sites(&cli, args),
         Command::Run { on, sudo, command } => {
             let inv = inventory(&cli)?;
@@ -526,9 +621,8 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
                 .break_on_error(*break_on_error)
                 .name("jobs");
             if let Some(on) = on {
-                let roles = range::expand(on).map_err(|e| CliError::usage(format!("--on: {e}")))?;
-                targets(&inv, Some(on), "jobs")?;
-                schedule = schedule.roles(roles);
+                // Every site is a role of its own name: the sites the pattern selects.
+                schedule = schedule.roles(targets(&inv, Some(on), "jobs")?);
             }
             run_polyfile(&cli, pf, vec![tune(&cli, schedule)]).await
         }
@@ -658,6 +752,44 @@ fn sites(cli: &Cli, args: &[String]) -> Result<u8, CliError> {
             "usage: polyshell sites [ROLE] | polyshell sites show NAME",
         )),
     }
+}
+
+/// `polyshell hosts expand|fold|count PATTERN...`: the union of the patterns.
+fn hosts(
+    cli: &Cli,
+    action: HostsAction,
+    patterns: &[String],
+    separator: &str,
+) -> Result<u8, CliError> {
+    let mut patterns = patterns.to_vec();
+    if patterns.is_empty() {
+        let mut input = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut input)
+            .map_err(|e| CliError::usage(format!("cannot read standard input: {e}")))?;
+        patterns = input.split_whitespace().map(str::to_owned).collect();
+    }
+    let roles = PolyfileRoles::new(cli);
+    let mut names = std::collections::BTreeSet::new();
+    for pattern in &patterns {
+        names.extend(roles.expand(pattern, "hosts")?);
+        if names.len() > range::MAX_EXPANSION {
+            return Err(CliError::usage(format!(
+                "hosts: the patterns make more than {} names",
+                range::MAX_EXPANSION
+            )));
+        }
+    }
+    match action {
+        HostsAction::Count => println!("{}", names.len()),
+        HostsAction::Fold => println!("{}", range::fold(&names)),
+        HostsAction::Expand => {
+            let mut names: Vec<String> = names.into_iter().collect();
+            names.sort_by_cached_key(|n| range::sort_key(n));
+            let separator = separator.replace("\\n", "\n").replace("\\t", "\t");
+            println!("{}", names.join(&separator));
+        }
+    }
+    Ok(exit::SUCCESS)
 }
 
 fn print_sites(store: &SiteStore, names: &[String]) {

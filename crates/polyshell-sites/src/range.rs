@@ -185,7 +185,7 @@ pub fn is_pattern(name: &str) -> bool {
 
 /// The order of `nodeset -e`: by the name's text with its numbers taken out, then by the
 /// numbers (shorter first, so `n9` before `n10` and `n1` before `n01`).
-fn sort_key(name: &str) -> (String, Vec<(usize, String)>) {
+pub fn sort_key(name: &str) -> (String, Vec<(usize, String)>) {
     let mut text = String::new();
     let mut numbers = Vec::new();
     let mut rest = name;
