@@ -21,6 +21,8 @@ const NEEDED: &[(&str, &str)] = &[
     ("/usr/bin/fish", "fish"),
     // The terminal tests read the screen of a real terminal emulator.
     ("/usr/bin/tmux", "tmux"),
+    // The host-pattern tests compare with ClusterShell's own NodeSet (its Python library).
+    ("/usr/bin/nodeset", "clustershell"),
 ];
 
 /// A policy-rc.d that stops package scripts from starting services (the system sshd must

@@ -2,6 +2,7 @@
 //! with set operators and `@ROLE`, and their errors (exit 2, the character named).
 
 use assert_cmd::Command;
+use std::collections::BTreeSet;
 use std::path::Path;
 
 fn polyshell(dir: &Path) -> Command {
@@ -166,4 +167,237 @@ fn a_broken_polyfile_is_reported_as_itself_when_a_pattern_needs_its_roles() {
     let err = usage_error(polyshell(dir.path()).args(["hosts", "count", "@web"]));
     assert!(err.contains("Polyfile.toml:2:"), "{err}");
     assert!(!err.contains("at character"), "{err}");
+}
+
+/// Patterns for the comparison with ClusterShell: its documented examples, its error suite,
+/// and generated ones (a fixed seed, so a failure reproduces). Left out, on purpose, are the
+/// two places polyshell rejects what ClusterShell's parser accepts by accident: whitespace
+/// inside a name (`web 1` is one host to ClusterShell) and digits against a negative range
+/// (`n1[-5-5]` is n-15..n15 to it).
+fn comparison_patterns() -> Vec<String> {
+    let mut patterns: Vec<String> = [
+        "node[13-15,17-19]",
+        "node[0-6/2]",
+        "node[08-11]",
+        "node[000-012/4]",
+        "node1,node02",
+        "node-00[00-99]",
+        "node-01[01,09,42]",
+        "node-[1-2]0-[0-2]5",
+        "node-00[1-6]0",
+        "node[1-9]!node6",
+        "node[1-9]&node[6-12]",
+        "node[1-9]^node[6-11]",
+        "foo[-10-10]",
+        "foo[-100--90/2]",
+        "bar002,bar01",
+        "n[1-044]",
+        "0[7-10]",
+        "n0[7-10]",
+        "n1[7-10]",
+        "n[3/2]",
+        "n[3/1]",
+        "n[-3/2]",
+        "n[01-100]",
+        "n[-05-5]",
+        "n[1-2/2]0",
+        "n[1-2]0",
+        "5",
+        "[1-9]",
+        " web1 , web2 ",
+        "n[1 - 3, 5]",
+        "n[1-4]0[3-4]",
+        "n6[1-4][3-4]",
+        "n[1-2]x0[3-4]",
+        "yellow[45-240,570-764,800]!yellow[45-240,570-764,800]",
+        "a,,b",
+        "a!",
+        "!a",
+        "nova6]",
+        "nova6[",
+        "x[1-30]p4-9]",
+        "xazer][1-30]p[4-9]",
+        "xa[[zer[1-30]p[4-9]",
+        "n[00-10]",
+        "n[0-00]",
+        "n00[0]",
+        "10.0.0.[1-3]",
+        "n[9,09]",
+        "a^a^a",
+        "n[1-3]!n[2-5]^n[4-6]&n[1-9]",
+        "x01[01-02]",
+        "x[01-03]0",
+        "dc[1-2]n[1-99]",
+        "nova[3-59/2,,102]",
+        "nova[004-002]",
+        "nova[4-5/-2]",
+        "c[1-30]c[1-2]!",
+        ",,,",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    patterns.push(format!("nova{}", "3".repeat(101)));
+    // A small xorshift: the generated patterns are the same on every machine.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let pick =
+        |next: &mut dyn FnMut(usize) -> usize, from: &[&str]| from[next(from.len())].to_owned();
+    for _ in 0..400 {
+        let mut pattern = String::new();
+        for i in 0..1 + next(3) {
+            if i > 0 {
+                pattern.push_str(&pick(&mut next, &[",", "!", "&", "^", " , "]));
+            }
+            pattern.push_str(&pick(&mut next, &["", "a", "nb", "x-"]));
+            for _ in 0..1 + next(2) {
+                let negative = next(5) == 0;
+                let numbers: &[&str] = if negative {
+                    &["-1", "-2", "-10", "0", "3"]
+                } else {
+                    &[
+                        "0", "1", "2", "3", "9", "10", "01", "02", "09", "11", "001", "00",
+                    ]
+                };
+                if !negative && next(4) == 0 {
+                    pattern.push_str(&pick(&mut next, &["0", "1", "01"]));
+                }
+                let ranges: Vec<String> = (0..1 + next(3))
+                    .map(|_| match next(5) {
+                        0 | 1 => pick(&mut next, numbers),
+                        2 | 3 => {
+                            format!("{}-{}", pick(&mut next, numbers), pick(&mut next, numbers))
+                        }
+                        _ => format!(
+                            "{}-{}/{}",
+                            pick(&mut next, numbers),
+                            pick(&mut next, numbers),
+                            pick(&mut next, &["0", "1", "2", "3"])
+                        ),
+                    })
+                    .collect();
+                pattern.push_str(&format!("[{}]", ranges.join(",")));
+                if !negative && next(4) == 0 {
+                    pattern.push_str(&pick(&mut next, &["0", "5"]));
+                }
+                if next(2) == 0 {
+                    pattern.push_str(&pick(&mut next, &["p", "-q", "c"]));
+                }
+            }
+        }
+        patterns.push(pattern);
+    }
+    patterns
+}
+
+/// What ClusterShell's NodeSet makes of each pattern (one Python process for all): the
+/// names, or None when it rejects the pattern.
+fn clustershell_expand(patterns: &[String]) -> Vec<Option<Vec<String>>> {
+    let script = r#"
+import json, sys
+from ClusterShell.NodeSet import NodeSet, RESOLVER_NOGROUP
+for line in sys.stdin:
+    try:
+        print(json.dumps(list(NodeSet(json.loads(line), resolver=RESOLVER_NOGROUP))))
+    except Exception:
+        print("null")
+"#;
+    let input: String = patterns
+        .iter()
+        .map(|p| serde_json::to_string(p).unwrap() + "\n")
+        .collect();
+    // Debian's `nodeset` names the Python that has ClusterShell (another `python3` may come
+    // first in PATH); without it, `python3` (ClusterShell from pip).
+    let python = std::fs::read_to_string("/usr/bin/nodeset")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.strip_prefix("#!")?.trim().to_owned();
+            (!line.contains(' ')).then_some(line)
+        })
+        .unwrap_or_else(|| "python3".to_owned());
+    let out = Command::new(&python)
+        .args(["-c", script])
+        .write_stdin(input)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "ClusterShell's NodeSet is needed (Debian: apt-get install clustershell; \
+         `cargo xtask test` installs it): {}",
+        text(&out.stderr)
+    );
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+#[ignore = "needs ClusterShell (cargo xtask test installs Debian's clustershell)"]
+fn patterns_expand_exactly_as_clustershell_nodeset_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let patterns = comparison_patterns();
+    let theirs = clustershell_expand(&patterns);
+    assert_eq!(theirs.len(), patterns.len());
+    let (mut agreed, mut rejected, mut compared_sites) = (0, 0, 0);
+    for (pattern, theirs) in patterns.iter().zip(theirs) {
+        let out = polyshell(dir.path())
+            .args(["hosts", "expand", "-S", "\\n", "--", pattern])
+            .output()
+            .unwrap();
+        let ours: Option<BTreeSet<String>> = match out.status.code() {
+            Some(0) => Some(
+                text(&out.stdout)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect(),
+            ),
+            Some(2) => None,
+            other => panic!("`{pattern}`: exit {other:?}: {}", text(&out.stderr)),
+        };
+        let theirs: Option<BTreeSet<String>> = theirs.map(|names| names.into_iter().collect());
+        assert_eq!(
+            ours,
+            theirs,
+            "`{pattern}` (ours, then ClusterShell's): {}",
+            text(&out.stderr)
+        );
+        match &ours {
+            None => rejected += 1,
+            Some(names) => {
+                agreed += 1;
+                // `-H PATTERN sites` lists the same set (for sets that name any host).
+                if !names.is_empty() && names.len() <= 50 && compared_sites < 60 {
+                    compared_sites += 1;
+                    let out = polyshell(dir.path())
+                        .args(["-H", pattern, "sites"])
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "-H `{pattern}`: {}",
+                        text(&out.stderr)
+                    );
+                    let listed: BTreeSet<String> = text(&out.stdout)
+                        .lines()
+                        .filter(|l| !l.contains(" site"))
+                        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+                        .collect();
+                    assert_eq!(&listed, names, "-H `{pattern}` sites");
+                }
+            }
+        }
+    }
+    // The corpus exercises both sides: many accepted, many rejected.
+    assert!(
+        agreed > 60 && rejected > 100,
+        "{agreed} accepted, {rejected} rejected"
+    );
+    eprintln!("{agreed} patterns expanded alike, {rejected} rejected by both, {compared_sites} also through -H");
 }

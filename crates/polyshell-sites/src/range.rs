@@ -17,7 +17,7 @@
 //! - Digits written against a bracket belong to it: `node-00[1-6]` is `node-[001-006]`,
 //!   `node-[1-2]0` is `node-[10,20]` (then a step is an error). Only digits between two
 //!   brackets (`n[1-4]0[3-4]`) or a bracket right after another (`n[1-4][3-4]`) are errors.
-//! - A name cannot be only digits (`5`, `[1-9]`), nor hold a number above 10^100.
+//! - A name may not hold a number above 10^100, nor whitespace.
 //! - `@NAME` is a group, resolved by the caller's [`Groups`] (the CLI: the Polyfile's roles;
 //!   `@all` and `@*` every site). `@web[1-3]` is the groups `web1`, `web2`, `web3`.
 //!
@@ -110,7 +110,7 @@ pub fn expand_with(pattern: &str, groups: &dyn Groups) -> Result<Vec<String>, Ra
         if group && body.is_empty() {
             return Err(err(at, "`@` without a group name".into()));
         }
-        let item = parse_item(body, group).map_err(|(o, m)| err(body_at + o, m))?;
+        let item = parse_item(body).map_err(|(o, m)| err(body_at + o, m))?;
         total = match total.checked_add(item.count) {
             Some(t) if t <= MAX_EXPANSION as u64 => t,
             _ => {
@@ -352,7 +352,7 @@ enum Piece<'a> {
 }
 
 /// Parses one item (without its `@`); offsets in errors are relative to `text`.
-fn parse_item(text: &str, group: bool) -> Result<Item, Fail> {
+fn parse_item(text: &str) -> Result<Item, Fail> {
     // Text and brackets, in order (brackets were checked to pair up by `split_items`).
     let mut pieces = Vec::new();
     let mut rest = text;
@@ -427,9 +427,6 @@ fn parse_item(text: &str, group: bool) -> Result<Item, Fail> {
                 texts.push(String::new());
             }
         }
-    }
-    if !group && texts.iter().all(String::is_empty) {
-        return Err((0, "a name cannot be only digits".into()));
     }
     let count = dims.iter().try_fold(1u64, |acc, spans| {
         let n = spans
@@ -618,10 +615,8 @@ fn parse_range(item: &str) -> Result<Span, String> {
             single(n)?;
             (*n, false, *n, false)
         }
-        ["", n] => {
-            single(n)?;
-            (*n, true, *n, true)
-        }
+        // ClusterShell allows a step on one negative number (`-3/2` is -3).
+        ["", n] => (*n, true, *n, true),
         [a, b] => (*a, false, *b, false),
         ["", a, b] => (*a, true, *b, false),
         ["", a, "", b] => (*a, true, *b, true),
