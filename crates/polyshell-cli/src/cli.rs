@@ -331,7 +331,8 @@ fn inventory(cli: &Cli) -> Result<Inventory, CliError> {
     if let Some(hosts) = &cli.hosts {
         let roles = PolyfileRoles::new(cli);
         let names = roles.expand(hosts, "-H")?;
-        if names.is_empty() {
+        // Running on nothing is a mistake; listing nothing (`sites`) is an answer.
+        if names.is_empty() && !matches!(cli.command, Command::Sites { .. }) {
             return Err(CliError::usage(format!("-H: `{hosts}` names no host")));
         }
         // A name from `@ROLE` is a site of the Polyfile, with its configuration; any other
