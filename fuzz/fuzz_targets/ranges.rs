@@ -1,6 +1,5 @@
 //! Host patterns (ranges and set operators): no panic; an error points inside the pattern;
-//! what expands folds back to
-//! the same names. Seeds: fuzz/seeds/ranges.
+//! what expands folds back to the same names. Seeds: fuzz/seeds/ranges.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
