@@ -145,7 +145,7 @@ enum Command {
     /// Expand, fold or count host patterns, like ClusterShell's `nodeset -e/-f/-c`.
     #[command(after_help = "Examples: polyshell hosts expand 'web[01-20]!web07'    \
                             polyshell hosts fold web1 web2 web3    \
-                            polyshell hosts count @web&@eu\n\n\
+                            polyshell hosts count '@web&@eu'\n\n\
                             Patterns: `,` union, `!` difference, `&` intersection, `^` \
                             symmetric difference, left to right; `@ROLE` is a role of the \
                             Polyfile (`@all` every site). With no PATTERN, they are read \
