@@ -99,6 +99,12 @@ pub fn expand_with(pattern: &str, groups: &dyn Groups) -> Result<Vec<String>, Ra
         offset,
         message,
     };
+    let over_budget = |at: usize| {
+        err(
+            at,
+            format!("the pattern makes more than {MAX_EXPANSION} names"),
+        )
+    };
     // First every item is parsed and counted, then names are made.
     let mut items = Vec::new();
     let mut total: u64 = 0;
@@ -113,12 +119,7 @@ pub fn expand_with(pattern: &str, groups: &dyn Groups) -> Result<Vec<String>, Ra
         let item = parse_item(body).map_err(|(o, m)| err(body_at + o, m))?;
         total = match total.checked_add(item.count) {
             Some(t) if t <= MAX_EXPANSION as u64 => t,
-            _ => {
-                return Err(err(
-                    at,
-                    format!("the pattern makes more than {MAX_EXPANSION} names"),
-                ))
-            }
+            _ => return Err(over_budget(at)),
         };
         items.push((op, at, group, item));
     }
@@ -149,10 +150,7 @@ pub fn expand_with(pattern: &str, groups: &dyn Groups) -> Result<Vec<String>, Ra
         if group {
             total = total.saturating_add(names.len() as u64);
             if total > MAX_EXPANSION as u64 {
-                return Err(err(
-                    at,
-                    format!("the pattern makes more than {MAX_EXPANSION} names"),
-                ));
+                return Err(over_budget(at));
             }
         }
         match op {
