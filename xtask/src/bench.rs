@@ -233,7 +233,11 @@ fn polyshell_tool(name: &str, polyshell: &str, fleet: &Fleet, args: &[&str]) -> 
     Tool {
         name: name.into(),
         argv,
-        env: vec![],
+        // Runs are recorded, as an operator's are, in the fleet's directory (gone with it).
+        env: vec![(
+            "POLYSHELL_RUNS_DIR".into(),
+            fleet.dir.join("runs").display().to_string(),
+        )],
     }
 }
 

@@ -77,6 +77,11 @@ fn cargo_test(cargo_args: &[&str], test_args: &[&str]) -> Result<std::process::E
         .args(test_args)
         .env(polyshell_tests::FLEET_ENV, fleet::file(&fleet::dir()))
         .env("POLYSHELL_CONFORMANCE_REPORT", conformance_report())
+        // Runs the tests make are recorded in the build's scratch space, not in a home.
+        .env(
+            "POLYSHELL_RUNS_DIR",
+            crate::workspace_root().join("target").join("test-runs"),
+        )
         .status()
         .context("running cargo test")
 }

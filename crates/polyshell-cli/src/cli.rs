@@ -7,7 +7,7 @@ use crate::report::OutputMode;
 use crate::run::{self, Plan, Settings};
 use crate::shells::ShellSettings;
 use crate::steps;
-use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use clap_complete::ArgValueCompleter;
 use polyshell_sched::{action, Jobs, Mode, Schedule};
 use polyshell_shell::HostKeyPolicy;
@@ -63,8 +63,25 @@ struct Cli {
     /// More detail: -v shows `starting job` lines, -vv debug messages and logs, -vvv traces.
     #[arg(short = 'v', action = clap::ArgAction::Count, global = true)]
     verbose: u8,
+    /// Resolve everything and print what would run (sites, schedules, rails, every step's
+    /// command per site); connect nowhere, run nothing.
+    #[arg(long = "dry-run", global = true)]
+    dry_run: bool,
+    /// Do not record this run in the run ledger (`polyshell runs`).
+    #[arg(long = "no-record", global = true)]
+    no_record: bool,
     #[command(subcommand)]
     command: Command,
+    /// The arguments after the program's name, as the ledger records them (a rerun's are
+    /// those of the run it repeats).
+    #[arg(skip)]
+    argv: Vec<String>,
+    /// Set by `rerun`: only these sites.
+    #[arg(skip)]
+    only: Option<Vec<String>>,
+    /// Set by `rerun`: the run repeated.
+    #[arg(skip)]
+    rerun_of: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -170,6 +187,29 @@ enum Command {
     /// Validate the Polyfile: every error, with line and column.
     #[command(after_help = "Example: polyshell -f deploy.toml check")]
     Check,
+    /// The run ledger: recent runs, newest first; `runs show ID|last` prints a run again.
+    #[command(
+        after_help = "Examples: polyshell runs    polyshell runs show last --output gather\n\n\
+                            Runs are kept in $XDG_STATE_HOME/polyshell/runs \
+                            (~/.local/state/polyshell/runs): the newest POLYSHELL_RUNS_KEEP \
+                            (200), none older than POLYSHELL_RUNS_MAX_AGE (30d), at most \
+                            POLYSHELL_RUNS_OUTPUT_CAP (16M) of output each; \
+                            POLYSHELL_RUNS_DIR puts them elsewhere."
+    )]
+    Runs {
+        #[arg(value_name = "show ID|last", num_args = 0..=2)]
+        args: Vec<String>,
+    },
+    /// Run a recorded run again: the same command, jobs or schedule, on all its sites.
+    #[command(after_help = "Example: polyshell rerun last --failed")]
+    Rerun {
+        /// A run's id (`polyshell runs` lists them; a unique prefix will do), or `last`.
+        #[arg(value_name = "ID|last")]
+        id: String,
+        /// Only on the sites that did not succeed (failed, unreachable, skipped, cancelled).
+        #[arg(long)]
+        failed: bool,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example: polyshell completions bash > /etc/bash_completion.d/polyshell"
@@ -193,8 +233,11 @@ pub fn main() -> u8 {
     clap_complete::CompleteEnv::with_factory(Cli::command)
         .var(complete::VAR)
         .complete();
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = Cli::command()
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m).map(|cli| (cli, m)));
+    let (mut cli, matches) = match parsed {
+        Ok(parsed) => parsed,
         Err(err) => {
             let _ = err.print();
             return if err.use_stderr() {
@@ -204,6 +247,20 @@ pub fn main() -> u8 {
             };
         }
     };
+    cli.argv = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    if let Command::Rerun { id, failed } = &cli.command {
+        match rerun_cli(&cli, &matches, id, *failed) {
+            Ok(Some(rerun)) => cli = rerun,
+            Ok(None) => return exit::SUCCESS,
+            Err(err) => {
+                eprintln!("polyshell: {}", err.message);
+                return err.status;
+            }
+        }
+    }
     init_tracing(cli.verbose);
     // One thread: the CLI only orchestrates (the SSH work runs on polyshell-shell's own
     // runtime, commands in their processes); a multi-thread runtime here cost a thread wake-up
@@ -261,6 +318,97 @@ where
         check(on, "--on")?;
     }
     Ok(())
+}
+
+/// The command line of a recorded run, for `rerun`: its arguments, its Polyfile (by absolute
+/// path), its directory, limited to the sites that did not succeed with `--failed`. Options
+/// given to `rerun` itself replace the recorded ones, but for `-f` and `-H` (what the run was).
+/// `None`: nothing to do (no site to rerun).
+fn rerun_cli(
+    cli: &Cli,
+    matches: &ArgMatches,
+    id: &str,
+    failed: bool,
+) -> Result<Option<Cli>, CliError> {
+    let given =
+        |arg: &str| matches.value_source(arg) == Some(clap::parser::ValueSource::CommandLine);
+    if given("file") || given("hosts") {
+        return Err(CliError::usage(
+            "rerun: -f and -H cannot change what a recorded run was; run it anew instead",
+        ));
+    }
+    let ledger = crate::record::ledger()?;
+    let rerun = crate::record::rerun(&ledger, id, failed)?;
+    if rerun.only.as_ref().is_some_and(Vec::is_empty) {
+        eprintln!(
+            "polyshell: run {}: every site succeeded; nothing to rerun",
+            rerun.id
+        );
+        return Ok(None);
+    }
+    let mut new =
+        Cli::try_parse_from(std::iter::once("polyshell".to_owned()).chain(rerun.argv.clone()))
+            .map_err(|e| {
+                CliError::usage(format!(
+                    "run {}: its command line does not parse now: {}",
+                    rerun.id,
+                    e.to_string().trim()
+                ))
+            })?;
+    if let Some(dir) = &rerun.cwd {
+        if let Err(e) = std::env::set_current_dir(dir) {
+            eprintln!(
+                "polyshell: warning: run {} ran in {}, which cannot be entered now ({e}); relative paths are taken from here",
+                rerun.id,
+                dir.display()
+            );
+        }
+    }
+    if rerun.polyfile.is_some() {
+        new.file = rerun.polyfile.clone();
+    }
+    if given("fanout") {
+        new.fanout = cli.fanout;
+    }
+    if given("timeout") {
+        new.timeout = cli.timeout;
+    }
+    if given("connect_timeout") {
+        new.connect_timeout = cli.connect_timeout;
+    }
+    if given("output") {
+        new.output = cli.output;
+    }
+    if given("ask_sudo_pass") {
+        new.ask_sudo_pass = true;
+    }
+    if given("sudo_password_file") {
+        new.sudo_password_file = cli.sudo_password_file.clone();
+    }
+    if given("known_hosts") {
+        new.known_hosts = cli.known_hosts;
+    }
+    if given("ssh_config") {
+        new.ssh_config = cli.ssh_config.clone();
+    }
+    if given("verbose") {
+        new.verbose = cli.verbose;
+    }
+    new.dry_run |= cli.dry_run;
+    new.no_record |= cli.no_record;
+    if let Some(only) = &rerun.only {
+        eprintln!(
+            "polyshell: rerun of {} on {} site{}: {}",
+            rerun.id,
+            only.len(),
+            if only.len() == 1 { "" } else { "s" },
+            range::fold(only)
+        );
+    }
+    new.argv = rerun.argv;
+    new.only = rerun.only;
+    new.rerun_of = Some(rerun.id);
+    Ok(Some(new))
 }
 
 fn init_tracing(verbose: u8) {
@@ -458,12 +606,67 @@ fn shell_settings(cli: &Cli) -> ShellSettings {
     }
 }
 
-fn settings(cli: &Cli) -> Settings {
-    Settings {
+/// How the run is carried out and recorded. A ledger configured wrongly (the environment)
+/// is a usage error: found before anything runs.
+fn settings(cli: &Cli, plan: &Plan) -> Result<Settings, CliError> {
+    let record = if cli.no_record {
+        None
+    } else {
+        let header = crate::record::Header {
+            argv: cli.argv.clone(),
+            what: what(&cli.command),
+            polyfile: polyfile_path(cli),
+            only: cli.only.clone(),
+            rerun_of: cli.rerun_of.clone(),
+        };
+        Some((crate::record::ledger()?, header.fields(&plan.planned)))
+    };
+    Ok(Settings {
         output: cli.output,
         shells: shell_settings(cli),
         ask_sudo_pass: cli.ask_sudo_pass,
+        record,
+    })
+}
+
+/// What a run is, in a few words, for the ledger's listing.
+fn what(command: &Command) -> String {
+    let words: Vec<String> = match command {
+        Command::Run { sudo, command, .. } => {
+            let mut w = vec!["run".to_owned()];
+            if *sudo {
+                w.push("--sudo".into());
+            }
+            w.extend(command.iter().cloned());
+            w
+        }
+        Command::Jobs { jobs, .. } => std::iter::once("jobs".to_owned())
+            .chain(jobs.iter().cloned())
+            .collect(),
+        Command::Schedule { name } => vec!["schedule".into(), name.clone()],
+        Command::Upload { src, dst, .. } => {
+            vec!["upload".into(), src.display().to_string(), dst.clone()]
+        }
+        Command::Download { src, dst, .. } => {
+            vec!["download".into(), src.clone(), dst.display().to_string()]
+        }
+        _ => Vec::new(),
+    };
+    words.join(" ")
+}
+
+/// Targets limited to the sites a rerun is for.
+fn only(cli: &Cli, mut targets: Vec<String>) -> Result<Vec<String>, CliError> {
+    if let Some(only) = &cli.only {
+        targets.retain(|t| only.contains(t));
+        if targets.is_empty() {
+            return Err(CliError::usage(format!(
+                "none of the sites to rerun ({}) is a target now",
+                range::fold(only)
+            )));
+        }
     }
+    Ok(targets)
 }
 
 /// Applies the global options to a schedule.
@@ -483,7 +686,6 @@ fn tune(cli: &Cli, mut schedule: Schedule) -> Schedule {
     schedule
 }
 
-/// A one-action job on `targets`, run in parallel: what `run`, `upload`, `download` are.
 /// `--known-hosts off`: one warning line, at every verbosity, naming the SSH sites whose
 /// host keys this run will not check.
 fn warn_unchecked_host_keys(cli: &Cli, plan: &Plan) {
@@ -509,27 +711,37 @@ fn warn_unchecked_host_keys(cli: &Cli, plan: &Plan) {
     }
 }
 
+/// A one-action job on `targets`, run in parallel: what `run`, `upload`, `download` are.
+/// `describe` says what it does, for `--dry-run`.
 async fn adhoc(
     cli: &Cli,
     inv: Inventory,
     targets: Vec<String>,
     name: &str,
+    describe: String,
     act: polyshell_sched::ActionFn,
 ) -> Result<u8, CliError> {
+    let targets = only(cli, targets)?;
     let role = format!("polyshell:{name}");
     inv.sites.add(&targets, &role, json!({}));
     let mut jobs = Jobs::new();
     jobs.add(name, &role, act);
     let schedule = tune(cli, Schedule::new(name).mode(Mode::Parallel).name(name));
+    if cli.dry_run {
+        crate::dryrun::adhoc(&describe, &schedule, &targets, cli.timeout);
+        return Ok(exit::SUCCESS);
+    }
     let plan = Plan {
         sites: inv.sites,
         jobs,
         chain: vec![schedule],
         actions: targets.len(),
+        planned: targets.iter().map(|t| (t.clone(), 1)).collect(),
         targets,
     };
     warn_unchecked_host_keys(cli, &plan);
-    Ok(run::execute(plan, settings(cli)).await)
+    let settings = settings(cli, &plan)?;
+    Ok(run::execute(plan, settings).await)
 }
 
 async fn dispatch(cli: Cli) -> Result<u8, CliError> {
@@ -546,10 +758,27 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
             separator,
         } => hosts(&cli, *action, patterns, separator),
         Command::Sites { args } => sites(&cli, args),
+        Command::Runs { args } => {
+            let ledger = crate::record::ledger()?;
+            match args.as_slice() {
+                [] => crate::record::list(&ledger)?,
+                [show, id] if show == "show" => crate::record::show(&ledger, id, cli.output)?,
+                _ => {
+                    return Err(CliError::usage(
+                        "usage: polyshell runs | polyshell runs show ID|last",
+                    ))
+                }
+            }
+            Ok(exit::SUCCESS)
+        }
+        Command::Rerun { .. } => Err(CliError::usage(
+            "rerun: the recorded run could not be prepared",
+        )),
         Command::Run { on, sudo, command } => {
             let inv = inventory(&cli)?;
             let targets = targets(&inv, on.as_deref(), "run")?;
             let script = command.join(" ");
+            let describe = format!("{}: {script}", if *sudo { "sudo" } else { "run" });
             let (sudo, timeout) = (*sudo, cli.timeout);
             let act = action(move |ctx| {
                 let script = script.clone();
@@ -575,7 +804,7 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
                     steps::check(&script, &out?)
                 }
             });
-            adhoc(&cli, inv, targets, "run", act).await
+            adhoc(&cli, inv, targets, "run", describe, act).await
         }
         Command::Upload { src, dst, on } => {
             let inv = inventory(&cli)?;
@@ -586,22 +815,24 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
                     src.display()
                 )));
             }
+            let describe = format!("upload {} -> {dst}", src.display());
             let (src, dst) = (src.clone(), dst.clone());
             let act = action(move |ctx| {
                 let (src, dst) = (src.clone(), dst.clone());
                 async move { Ok(ctx.shell.upload(&src, &dst).await?) }
             });
-            adhoc(&cli, inv, targets, "upload", act).await
+            adhoc(&cli, inv, targets, "upload", describe, act).await
         }
         Command::Download { src, dst, on } => {
             let inv = inventory(&cli)?;
             let targets = targets(&inv, on.as_deref(), "download")?;
+            let describe = format!("download {src} -> {}/SITE", dst.display());
             let (src, dst) = (src.clone(), dst.clone());
             let act = action(move |ctx| {
                 let (src, dst) = (src.clone(), dst.join(ctx.site.name()));
                 async move { Ok(ctx.shell.download(&src, &dst).await?) }
             });
-            adhoc(&cli, inv, targets, "download", act).await
+            adhoc(&cli, inv, targets, "download", describe, act).await
         }
         Command::Jobs {
             jobs,
@@ -645,6 +876,36 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
 }
 
 async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<u8, CliError> {
+    // A rerun: each chain entry on its sites that are to run again; an entry left with none
+    // is dropped.
+    let chain: Vec<Schedule> = match &cli.only {
+        None => chain,
+        Some(only) => {
+            let chain: Vec<Schedule> = chain
+                .into_iter()
+                .filter_map(|s| {
+                    let sites: Vec<String> = pf
+                        .sites
+                        .list(polyshell_sites::ALL, &s.roles)
+                        .into_iter()
+                        .filter(|site| only.contains(site))
+                        .collect();
+                    (!sites.is_empty()).then(|| s.roles(sites))
+                })
+                .collect();
+            if chain.is_empty() {
+                return Err(CliError::usage(format!(
+                    "none of the sites to rerun ({}) is in the schedule now",
+                    range::fold(only)
+                )));
+            }
+            chain
+        }
+    };
+    if cli.dry_run {
+        crate::dryrun::polyfile(pf, &chain, cli.timeout);
+        return Ok(exit::SUCCESS);
+    }
     let mut jobs = Jobs::new();
     for (name, spec) in &pf.jobs {
         for a in &spec.actions {
@@ -654,16 +915,20 @@ async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<
             jobs.add(name, &roles, steps::build(a, pf.sites.clone(), cli.timeout));
         }
     }
-    let mut involved: Vec<String> = Vec::new();
-    let mut actions = 0;
+    // Every site the chain touches, with how many actions it gets.
+    let mut planned: Vec<(String, usize)> = Vec::new();
+    let mut index: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
     for schedule in &chain {
         for job in &schedule.jobs {
             if let Some(spec) = pf.jobs.get(job) {
                 for a in &spec.actions {
                     for site in pf.sites.list(&a.roles, &schedule.roles) {
-                        actions += 1;
-                        if !involved.contains(&site) {
-                            involved.push(site);
+                        match index.get(&site) {
+                            Some(&i) => planned[i].1 += 1,
+                            None => {
+                                index.insert(site.clone(), planned.len());
+                                planned.push((site, 1));
+                            }
                         }
                     }
                 }
@@ -674,11 +939,13 @@ async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<
         sites: pf.sites.clone(),
         jobs,
         chain,
-        targets: involved,
-        actions,
+        targets: planned.iter().map(|(s, _)| s.clone()).collect(),
+        actions: planned.iter().map(|(_, n)| n).sum(),
+        planned,
     };
     warn_unchecked_host_keys(cli, &plan);
-    Ok(run::execute(plan, settings(cli)).await)
+    let settings = settings(cli, &plan)?;
+    Ok(run::execute(plan, settings).await)
 }
 
 fn check(cli: &Cli) -> Result<u8, CliError> {

@@ -17,9 +17,11 @@
 
 pub mod cli;
 mod complete;
+mod dryrun;
 pub mod exit;
 pub mod polyfile;
 mod pump;
+mod record;
 mod report;
 mod run;
 mod shells;

@@ -3,7 +3,6 @@
 //! `quiet`; a progress line on a terminal; the summary every run ends with.
 
 use crate::pump::Pump;
-use base64::Engine;
 use polyshell_auth::{Console, ConsoleStream};
 use polyshell_sched::{Event, EventSink, ScheduleResult, Status};
 use polyshell_shell::Stream;
@@ -236,21 +235,6 @@ impl Reporter {
     }
 }
 
-fn stream_name(stream: Stream) -> &'static str {
-    match stream {
-        Stream::Stdout => "stdout",
-        Stream::Stderr => "stderr",
-    }
-}
-
-pub fn status_json(status: &Status) -> (&'static str, Option<String>) {
-    match status {
-        Status::Ok => ("ok", None),
-        Status::Failed(why) => ("failed", Some(why.clone())),
-        Status::Skipped(why) => ("skipped", Some(why.to_string())),
-    }
-}
-
 impl EventSink for Reporter {
     fn event(&self, event: Event) {
         match &event {
@@ -277,7 +261,7 @@ impl EventSink for Reporter {
         }
         match self.mode {
             OutputMode::Quiet => {}
-            OutputMode::Json => self.json(event_json(&event)),
+            OutputMode::Json => self.json(event.to_json()),
             OutputMode::Stream => match &event {
                 Event::Output {
                     site, stream, line, ..
@@ -330,68 +314,6 @@ impl EventSink for Reporter {
                     }
                 }
             }
-        }
-    }
-}
-
-fn event_json(event: &Event) -> serde_json::Value {
-    match event {
-        Event::ScheduleStarted {
-            schedule,
-            name,
-            mode,
-            jobs,
-            sites,
-        } => {
-            json!({"event": "schedule_started", "schedule": schedule, "name": name, "mode": mode, "jobs": jobs, "sites": sites})
-        }
-        Event::ActionStarted {
-            action,
-            schedule,
-            job,
-            site,
-        } => {
-            json!({"event": "action_started", "id": action, "schedule": schedule, "job": job, "site": site})
-        }
-        Event::Output {
-            action,
-            site,
-            stream,
-            line,
-            newline,
-        } => {
-            let mut v = json!({"event": "output", "id": action, "site": site, "stream": stream_name(*stream), "newline": newline});
-            match std::str::from_utf8(line) {
-                Ok(text) => v["line"] = json!(text),
-                Err(_) => {
-                    v["line_base64"] = json!(base64::engine::general_purpose::STANDARD.encode(line))
-                }
-            }
-            v
-        }
-        Event::Report {
-            action,
-            site,
-            message,
-        } => json!({"event": "report", "id": action, "site": site, "message": message}),
-        Event::Debug {
-            action,
-            site,
-            message,
-        } => json!({"event": "debug", "id": action, "site": site, "message": message}),
-        Event::ActionFinished {
-            action,
-            job,
-            site,
-            status,
-            elapsed,
-        } => {
-            let (status, reason) = status_json(status);
-            json!({"event": "action_finished", "id": action, "job": job, "site": site, "status": status, "reason": reason, "elapsed_ms": elapsed.as_millis() as u64})
-        }
-        Event::ScheduleFinished { schedule, result } => {
-            let (ok, failed, skipped) = result.counts();
-            json!({"event": "schedule_finished", "schedule": schedule, "ok": ok, "failed": failed, "skipped": skipped, "elapsed_ms": result.elapsed.as_millis() as u64})
         }
     }
 }

@@ -5,7 +5,8 @@ use crate::exit;
 use crate::report::{OutputMode, Reporter, Summary, Terminal};
 use crate::shells::{CliShells, ShellSettings, DEFAULT_AGENT};
 use polyshell_auth::{Console, ConsoleStream};
-use polyshell_sched::{Batch, Jobs, Schedule};
+use polyshell_sched::ledger::Ledger;
+use polyshell_sched::{Batch, EventSink, Jobs, Schedule, Tee};
 use polyshell_sites::SiteStore;
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -19,12 +20,16 @@ pub struct Plan {
     pub targets: Vec<String>,
     /// How many action runs (an action on a site) the plan holds: the progress line's total.
     pub actions: usize,
+    /// Each target with how many action runs it gets (what the ledger records).
+    pub planned: Vec<(String, usize)>,
 }
 
 pub struct Settings {
     pub output: OutputMode,
     pub shells: ShellSettings,
     pub ask_sudo_pass: bool,
+    /// The ledger and the run's header, unless `--no-record`.
+    pub record: Option<(Ledger, serde_json::Map<String, serde_json::Value>)>,
 }
 
 /// The console of the run in progress, for log lines.
@@ -84,7 +89,31 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
         &plan.targets,
         plan.actions,
     );
-    let batch = Arc::new(Batch::new(plan.sites, plan.jobs, shells).with_events(reporter.clone()));
+    let batch = Batch::new(plan.sites, plan.jobs, shells);
+    // The ledger records the run under the batch's id; a ledger that cannot be written is
+    // said once, and the run goes on unrecorded.
+    let recorder =
+        settings
+            .record
+            .and_then(|(ledger, header)| match ledger.record(batch.id(), header) {
+                Ok(recorder) => Some(recorder),
+                Err(e) => {
+                    console.write(
+                        ConsoleStream::Stderr,
+                        format!(
+                            "polyshell: warning: this run is not recorded: {}: {e}\n",
+                            ledger.dir().display()
+                        )
+                        .as_bytes(),
+                    );
+                    None
+                }
+            });
+    let events: Arc<dyn EventSink> = match &recorder {
+        Some(recorder) => Arc::new(Tee(vec![reporter.clone(), recorder.clone()])),
+        None => reporter.clone(),
+    };
+    let batch = Arc::new(batch.with_events(events));
     let started = Instant::now();
 
     let interrupts = {
@@ -168,13 +197,21 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
             b"polyshell: the run was stopped by Ctrl-C before it finished\n",
         );
     }
+    if code == exit::SUCCESS && (stopped || !summary.success()) {
+        code = exit::SITE_FAILED;
+    }
+    if let Some(recorder) = recorder {
+        if let Err(e) = recorder.finish(crate::record::summary_json(&summary, code, stopped)) {
+            console.write(
+                ConsoleStream::Stderr,
+                format!(
+                    "polyshell: warning: the run's record in {} has no summary: {e}\n",
+                    recorder.dir().display()
+                )
+                .as_bytes(),
+            );
+        }
+    }
     terminal.finish();
-    if code != exit::SUCCESS {
-        return code;
-    }
-    if summary.success() && !stopped {
-        exit::SUCCESS
-    } else {
-        exit::SITE_FAILED
-    }
+    code
 }

@@ -60,6 +60,7 @@ fn scope<'a>(ctx: &'a ActionContext, sites: &'a SiteStore) -> Scope<'a> {
         sites,
         batch: &ctx.batch,
         shared: &ctx.shared,
+        dry_run: false,
     }
 }
 

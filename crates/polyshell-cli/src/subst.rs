@@ -123,6 +123,9 @@ pub struct Scope<'a> {
     pub sites: &'a SiteStore,
     pub batch: &'a str,
     pub shared: &'a Shared,
+    /// A dry run: `{batch}` and `{shared...}` (known only when the run is on) are left as
+    /// they are written.
+    pub dry_run: bool,
 }
 
 fn text_of(v: &Value) -> String {
@@ -182,6 +185,13 @@ pub fn substitute(text: &str, scope: &Scope<'_>, quote_values: bool) -> Result<S
             Some(inner) => (true, inner),
             None => (false, placeholder.as_str()),
         };
+        if scope.dry_run && matches!(parse(name), Ref::Batch | Ref::Shared(_) | Ref::SharedOf(..)) {
+            out.push('{');
+            out.push_str(&placeholder);
+            out.push('}');
+            last = offset + placeholder.len() + 2;
+            continue;
+        }
         let value = lookup(name, scope)?;
         if quote_values && !raw {
             out.push_str(&quote(&value));
@@ -229,6 +239,7 @@ mod tests {
             sites: &sites,
             batch: "b",
             shared: &shared,
+            dry_run: false,
         };
         assert_eq!(
             substitute(
@@ -262,6 +273,7 @@ mod tests {
             sites: &sites,
             batch: "b1",
             shared: &shared,
+            dry_run: false,
         };
         let cmd = substitute(
             "echo {site.evil} {name}@{host} {shared.rev} {raw:site.host}",

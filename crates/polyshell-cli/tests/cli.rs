@@ -8,6 +8,11 @@ use std::path::Path;
 fn polyshell(dir: &Path) -> Command {
     let mut cmd = Command::cargo_bin("polyshell").unwrap();
     cmd.current_dir(dir)
+        // Runs are recorded in the build's scratch space, not the developer's home.
+        .env(
+            "POLYSHELL_RUNS_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/runs"),
+        )
         .env_remove("POLYSHELL_SUDO_PASSWORD")
         .env("NO_COLOR", "1");
     cmd

@@ -19,6 +19,10 @@ fn polyshell(fleet: &Fleet, dir: &Path) -> Command {
     cmd.current_dir(dir)
         .env_remove("POLYSHELL_SUDO_PASSWORD")
         .env("NO_COLOR", "1")
+        .env(
+            "POLYSHELL_RUNS_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/runs"),
+        )
         .args(["--ssh-config", &fleet.ssh_config.display().to_string()]);
     cmd
 }

@@ -7,7 +7,10 @@ use std::path::Path;
 
 fn polyshell(dir: &Path) -> Command {
     let mut cmd = Command::cargo_bin("polyshell").unwrap();
-    cmd.current_dir(dir).env("NO_COLOR", "1");
+    cmd.current_dir(dir).env("NO_COLOR", "1").env(
+        "POLYSHELL_RUNS_DIR",
+        concat!(env!("CARGO_TARGET_TMPDIR"), "/runs"),
+    );
     cmd
 }
 

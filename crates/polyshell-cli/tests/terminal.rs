@@ -12,6 +12,10 @@ fn session(fleet: &Fleet, args: &[&str]) -> OsSession {
     cmd.args(["--ssh-config", &fleet.ssh_config.display().to_string()])
         .args(args)
         .env("NO_COLOR", "1")
+        .env(
+            "POLYSHELL_RUNS_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/runs"),
+        )
         .env_remove("POLYSHELL_SUDO_PASSWORD");
     let mut session = Session::spawn(cmd).expect("a pty");
     session.set_expect_timeout(Some(Duration::from_secs(120)));

@@ -1,8 +1,11 @@
 //! The structured event stream reporters consume: schedules and actions starting and
 //! finishing, output lines, reports.
 
-use crate::result::{ScheduleResult, Status};
+use crate::result::{ScheduleResult, SkipReason, Status};
+use base64::Engine;
 use polyshell_shell::Stream;
+use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Something that happened in a batch. Ids: schedule `BATCH-N`, action `BATCH-N-M`.
@@ -54,6 +57,180 @@ pub enum Event {
     },
 }
 
+impl Event {
+    /// The event as one JSON object: what `--output json` prints, one per line, and what
+    /// the run ledger records. A line that is not UTF-8 is carried as `line_base64`.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Event::ScheduleStarted {
+                schedule,
+                name,
+                mode,
+                jobs,
+                sites,
+            } => {
+                json!({"event": "schedule_started", "schedule": schedule, "name": name, "mode": mode, "jobs": jobs, "sites": sites})
+            }
+            Event::ActionStarted {
+                action,
+                schedule,
+                job,
+                site,
+            } => {
+                json!({"event": "action_started", "id": action, "schedule": schedule, "job": job, "site": site})
+            }
+            Event::Output {
+                action,
+                site,
+                stream,
+                line,
+                newline,
+            } => {
+                let mut v = json!({"event": "output", "id": action, "site": site, "stream": stream_name(*stream), "newline": newline});
+                match std::str::from_utf8(line) {
+                    Ok(text) => v["line"] = json!(text),
+                    Err(_) => {
+                        v["line_base64"] =
+                            json!(base64::engine::general_purpose::STANDARD.encode(line))
+                    }
+                }
+                v
+            }
+            Event::Report {
+                action,
+                site,
+                message,
+            } => json!({"event": "report", "id": action, "site": site, "message": message}),
+            Event::Debug {
+                action,
+                site,
+                message,
+            } => json!({"event": "debug", "id": action, "site": site, "message": message}),
+            Event::ActionFinished {
+                action,
+                job,
+                site,
+                status,
+                elapsed,
+            } => {
+                let (status, reason) = status.to_json();
+                json!({"event": "action_finished", "id": action, "job": job, "site": site, "status": status, "reason": reason, "elapsed_ms": elapsed.as_millis() as u64})
+            }
+            Event::ScheduleFinished { schedule, result } => {
+                let (ok, failed, skipped) = result.counts();
+                json!({"event": "schedule_finished", "schedule": schedule, "ok": ok, "failed": failed, "skipped": skipped, "elapsed_ms": result.elapsed.as_millis() as u64})
+            }
+        }
+    }
+
+    /// The event [`to_json`](Event::to_json) made, read back (`None` for anything else).
+    /// A `schedule_finished` comes back with its counts only: its result holds no outcome.
+    pub fn from_json(v: &Value) -> Option<Event> {
+        let text = |key: &str| v.get(key).and_then(Value::as_str).map(str::to_owned);
+        let millis =
+            |key: &str| Duration::from_millis(v.get(key).and_then(Value::as_u64).unwrap_or(0));
+        Some(match v.get("event")?.as_str()? {
+            "schedule_started" => Event::ScheduleStarted {
+                schedule: text("schedule")?,
+                name: text("name")?,
+                mode: text("mode")?,
+                jobs: v
+                    .get("jobs")?
+                    .as_array()?
+                    .iter()
+                    .filter_map(|j| j.as_str().map(str::to_owned))
+                    .collect(),
+                sites: v.get("sites")?.as_u64()? as usize,
+            },
+            "action_started" => Event::ActionStarted {
+                action: text("id")?,
+                schedule: text("schedule")?,
+                job: text("job")?,
+                site: text("site")?,
+            },
+            "output" => Event::Output {
+                action: text("id")?,
+                site: text("site")?,
+                stream: match v.get("stream")?.as_str()? {
+                    "stderr" => Stream::Stderr,
+                    _ => Stream::Stdout,
+                },
+                line: match (text("line"), text("line_base64")) {
+                    (Some(line), _) => line.into_bytes(),
+                    (None, Some(b64)) => {
+                        base64::engine::general_purpose::STANDARD.decode(b64).ok()?
+                    }
+                    (None, None) => return None,
+                },
+                newline: v.get("newline")?.as_bool()?,
+            },
+            "report" => Event::Report {
+                action: text("id")?,
+                site: text("site")?,
+                message: text("message")?,
+            },
+            "debug" => Event::Debug {
+                action: text("id")?,
+                site: text("site")?,
+                message: text("message")?,
+            },
+            "action_finished" => Event::ActionFinished {
+                action: text("id")?,
+                job: text("job")?,
+                site: text("site")?,
+                status: Status::from_json(&text("status")?, text("reason").as_deref())?,
+                elapsed: millis("elapsed_ms"),
+            },
+            "schedule_finished" => Event::ScheduleFinished {
+                schedule: text("schedule")?,
+                result: ScheduleResult {
+                    id: text("schedule")?,
+                    elapsed: millis("elapsed_ms"),
+                    ..ScheduleResult::default()
+                },
+            },
+            _ => return None,
+        })
+    }
+}
+
+fn stream_name(stream: Stream) -> &'static str {
+    match stream {
+        Stream::Stdout => "stdout",
+        Stream::Stderr => "stderr",
+    }
+}
+
+impl Status {
+    /// `("ok" | "failed" | "skipped", reason)`, as the JSON events carry it.
+    pub fn to_json(&self) -> (&'static str, Option<String>) {
+        match self {
+            Status::Ok => ("ok", None),
+            Status::Failed(why) => ("failed", Some(why.clone())),
+            Status::Skipped(why) => ("skipped", Some(why.to_string())),
+        }
+    }
+
+    /// The status [`to_json`](Status::to_json) made, read back.
+    pub fn from_json(status: &str, reason: Option<&str>) -> Option<Status> {
+        Some(match status {
+            "ok" => Status::Ok,
+            "failed" => Status::Failed(reason.unwrap_or_default().to_owned()),
+            "skipped" => Status::Skipped(
+                [
+                    SkipReason::BreakOnError,
+                    SkipReason::MaxFailures,
+                    SkipReason::Stopped,
+                ]
+                .into_iter()
+                .find(|r| Some(r.to_string().as_str()) == reason)
+                .unwrap_or(SkipReason::Stopped),
+            ),
+            _ => return None,
+        })
+    }
+}
+
 /// Receives events; called from the tasks doing the work, so keep it quick.
 pub trait EventSink: Send + Sync {
     fn event(&self, event: Event);
@@ -70,4 +247,18 @@ pub struct NoEvents;
 
 impl EventSink for NoEvents {
     fn event(&self, _: Event) {}
+}
+
+/// Every event to each of several sinks, in order (a reporter and the run ledger, say).
+pub struct Tee(pub Vec<Arc<dyn EventSink>>);
+
+impl EventSink for Tee {
+    fn event(&self, event: Event) {
+        if let Some((last, rest)) = self.0.split_last() {
+            for sink in rest {
+                sink.event(event.clone());
+            }
+            last.event(event);
+        }
+    }
 }

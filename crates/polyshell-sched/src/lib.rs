@@ -10,7 +10,7 @@
 //!   one shell per site (one connection, reused by every action of the batch).
 //! - [`Lock`]: the lock trait, with [`SiteMutex`], [`NamedMutex`], [`Semaphore`],
 //!   [`RoleSemaphore`], [`Barrier`] built in; write your own for your own rules.
-//! - [`Event`]: the stream reporters consume.
+//! - [`Event`]: the stream reporters consume; [`ledger`] records it, a run per directory.
 //!
 //! This crate knows nothing of SSH: it gets shells from a [`ShellFactory`], so every schedule
 //! can be tested with local shells and fakes.
@@ -41,13 +41,14 @@ mod context;
 mod engine;
 mod event;
 mod job;
+pub mod ledger;
 mod lock;
 mod result;
 mod schedule;
 
 pub use context::{action, ActionContext, ActionError, ActionFn, ActionResult, Shared};
 pub use engine::{new_batch_id, Batch, LocalShells, ScheduleError, ShellFactory};
-pub use event::{Event, EventSink, NoEvents};
+pub use event::{Event, EventSink, NoEvents, Tee};
 pub use job::{Action, Job, Jobs};
 pub use lock::{
     acquire_all, next_order, Barrier, Guard, Lock, LockContext, NamedMutex, RoleSemaphore,
