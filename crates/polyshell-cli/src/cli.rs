@@ -619,7 +619,18 @@ fn settings(cli: &Cli, plan: &Plan) -> Result<Settings, CliError> {
             only: cli.only.clone(),
             rerun_of: cli.rerun_of.clone(),
         };
-        Some((crate::record::ledger()?, header.fields(&plan.planned)))
+        match crate::record::ledger() {
+            Ok(ledger) => Some((ledger, header.fields(&plan.planned))),
+            // No home at all (a bare service environment): the run goes on, unrecorded.
+            Err(e) if e.message == crate::record::NO_PLACE => {
+                eprintln!(
+                    "polyshell: warning: this run is not recorded: {}",
+                    e.message
+                );
+                None
+            }
+            Err(e) => return Err(e),
+        }
     };
     Ok(Settings {
         output: cli.output,

@@ -13,6 +13,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Neither `POLYSHELL_RUNS_DIR`, `XDG_STATE_HOME` nor `HOME` is set.
+pub const NO_PLACE: &str =
+    "no place for the run ledger: set HOME, XDG_STATE_HOME or POLYSHELL_RUNS_DIR";
+
 /// The ledger, from the environment: `POLYSHELL_RUNS_DIR` (else `$XDG_STATE_HOME/polyshell/runs`,
 /// else `~/.local/state/polyshell/runs`), `POLYSHELL_RUNS_KEEP` (runs, default 200),
 /// `POLYSHELL_RUNS_MAX_AGE` (a duration, default 30d), `POLYSHELL_RUNS_OUTPUT_CAP` (bytes
@@ -35,9 +39,7 @@ pub fn ledger() -> Result<Ledger, CliError> {
     }
     let dir = match var("POLYSHELL_RUNS_DIR") {
         Some(dir) => PathBuf::from(dir),
-        None => Ledger::default_dir().ok_or_else(|| {
-            CliError::usage("no place for the run ledger: set HOME, XDG_STATE_HOME or POLYSHELL_RUNS_DIR (or --no-record)")
-        })?,
+        None => Ledger::default_dir().ok_or_else(|| CliError::usage(NO_PLACE))?,
     };
     if !dir.is_absolute() {
         return Err(CliError::usage(format!(
