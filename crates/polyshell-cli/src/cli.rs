@@ -923,7 +923,11 @@ async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<
             let a = a.clone();
             let roles = a.roles.clone();
             // The global timeout bounds every step whose action and site set none.
+            let locks = a.locks.clone();
             jobs.add(name, &roles, steps::build(a, pf.sites.clone(), cli.timeout));
+            for lock in locks {
+                jobs.lock_action(name, pf.locks[&lock].lock.clone());
+            }
         }
     }
     // Every site the chain touches, with how many actions it gets.
@@ -982,16 +986,16 @@ fn check(cli: &Cli) -> Result<u8, CliError> {
             polyshell_sites::range::fold(&local)
         );
     }
-    println!(
-        "{}: ok ({} site{}, {} job{}, {} schedule{})",
-        path.display(),
-        site_count,
-        if site_count == 1 { "" } else { "s" },
-        pf.jobs.len(),
-        if pf.jobs.len() == 1 { "" } else { "s" },
-        pf.schedules.len(),
-        if pf.schedules.len() == 1 { "" } else { "s" }
-    );
+    let plural = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+    let mut counts = vec![
+        plural(site_count, "site"),
+        plural(pf.jobs.len(), "job"),
+        plural(pf.schedules.len(), "schedule"),
+    ];
+    if !pf.locks.is_empty() {
+        counts.push(plural(pf.locks.len(), "lock"));
+    }
+    println!("{}: ok ({})", path.display(), counts.join(", "));
     Ok(exit::SUCCESS)
 }
 

@@ -125,6 +125,9 @@ fn render_action(
     if let Some(t) = action.timeout {
         notes.push(format!("timeout {}", seconds(t)));
     }
+    if !action.locks.is_empty() {
+        notes.push(format!("locks {}", action.locks.join(", ")));
+    }
     if !action.env.is_empty() {
         let keys: Vec<&str> = action.env.iter().map(|(k, _)| k.as_str()).collect();
         notes.push(format!("env {}", keys.join(", ")));

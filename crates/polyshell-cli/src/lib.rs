@@ -4,6 +4,7 @@
 //! - [`polyfile`]: load and check a Polyfile (every error positioned).
 //! - [`subst`]: `{...}` placeholders, checked and substituted as shell data.
 //! - [`values`]: durations and counts from argv, checked (exit 2 when bad).
+//! - [`locks`]: `[locks.NAME]` of the Polyfile; [`locks::register`] adds a lock kind.
 //! - [`cli::main`]: parse argv and run; returns the exit status ([`exit`]).
 //!
 //! ```
@@ -19,6 +20,7 @@ pub mod cli;
 mod complete;
 mod dryrun;
 pub mod exit;
+pub mod locks;
 pub mod polyfile;
 mod pump;
 mod record;

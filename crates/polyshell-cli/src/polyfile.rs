@@ -2,6 +2,7 @@
 //! of steps, and schedules (chains). Every error has file, line and column; all are reported
 //! together, and nothing runs while there is one.
 
+use crate::locks::{self, Declared};
 use crate::subst;
 use polyshell_sched::{Mode, Schedule};
 use polyshell_sites::diag::{Diagnostic, Source};
@@ -17,6 +18,8 @@ pub struct Polyfile {
     pub jobs: BTreeMap<String, JobSpec>,
     /// Each schedule's chain, ready to run (the CLI adds its global options).
     pub schedules: BTreeMap<String, Vec<Schedule>>,
+    /// `[locks.NAME]`, built once: every job and chain entry naming one shares it.
+    pub locks: BTreeMap<String, Declared>,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +34,8 @@ pub struct ActionSpec {
     pub timeout: Option<Duration>,
     pub env: Vec<(String, String)>,
     pub cwd: Option<String>,
+    /// Locks of the Polyfile this action's work on a site takes (`locks = [...]`).
+    pub locks: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,9 +54,10 @@ pub enum StepKind {
     Download { from: String, to: String },
 }
 
-const TOP_KEYS: &[&str] = &["sites", "roles", "jobs", "schedules"];
+const TOP_KEYS: &[&str] = &["sites", "roles", "locks", "jobs", "schedules"];
 const ACTION_KEYS: &[&str] = &[
     "roles", "run", "sudo", "local", "upload", "download", "steps", "timeout", "env", "cwd", "set",
+    "locks",
 ];
 const STEP_KINDS: &[&str] = &["run", "sudo", "local", "upload", "download"];
 const SCHEDULE_KEYS: &[&str] = &[
@@ -68,6 +74,7 @@ const SCHEDULE_KEYS: &[&str] = &[
     "report",
     "debug",
     "quiet",
+    "locks",
 ];
 
 struct Checker<'a> {
@@ -111,13 +118,15 @@ pub fn load(source: &Source) -> Result<Polyfile, Vec<Diagnostic>> {
     }
     let sites = SiteStore::new();
     inventory::load_tables(source, root, &sites, &mut c.diags);
+    let declared = lock_tables(&mut c, root, &sites);
 
     let mut jobs = BTreeMap::new();
     if let Some(item) = root.get("jobs") {
         match item.as_table() {
             Some(table) => {
                 for (name, item) in table.iter() {
-                    if let Some(job) = job(&mut c, &sites, name, item, key_span(table, name)) {
+                    let span = key_span(table, name);
+                    if let Some(job) = job(&mut c, &sites, &declared, name, item, span) {
                         jobs.insert(name.to_owned(), job);
                     }
                 }
@@ -141,8 +150,13 @@ pub fn load(source: &Source) -> Result<Polyfile, Vec<Diagnostic>> {
         match item.as_table() {
             Some(table) => {
                 for (name, item) in table.iter() {
-                    if let Some(chain) = schedule(&mut c, &jobs, name, item, key_span(table, name))
-                    {
+                    let span = key_span(table, name);
+                    let known = Known {
+                        jobs: &jobs,
+                        locks: &declared,
+                        sites: &sites,
+                    };
+                    if let Some(chain) = schedule(&mut c, &known, name, item, span) {
                         schedules.insert(name.to_owned(), chain);
                     }
                 }
@@ -155,6 +169,7 @@ pub fn load(source: &Source) -> Result<Polyfile, Vec<Diagnostic>> {
             sites,
             jobs,
             schedules,
+            locks: declared,
         })
     } else {
         c.diags.sort_by_key(|d| (d.line, d.column));
@@ -172,9 +187,144 @@ fn strings(item: &Item) -> Option<Vec<String>> {
         .collect()
 }
 
+/// `[locks.NAME]` tables, built; a broken one is an error at its table.
+fn lock_tables(c: &mut Checker, root: &Table, sites: &SiteStore) -> BTreeMap<String, Declared> {
+    let mut declared = BTreeMap::new();
+    let Some(item) = root.get("locks") else {
+        return declared;
+    };
+    let Some(table) = item.as_table() else {
+        c.error(
+            item.span(),
+            "`locks` must be a table of locks ([locks.NAME])",
+        );
+        return declared;
+    };
+    for (name, item) in table.iter() {
+        let span = item.span().or_else(|| key_span(table, name));
+        let fields = match inventory::to_json(item) {
+            Ok(serde_json::Value::Object(fields)) if item.is_table_like() => fields,
+            Ok(_) => {
+                c.error(
+                    span,
+                    format!("lock `{name}` must be a table ([locks.{name}])"),
+                );
+                continue;
+            }
+            Err(e) => {
+                c.error(span, format!("lock `{name}`: {e}"));
+                continue;
+            }
+        };
+        match locks::build(name, &fields, sites) {
+            Ok(lock) => {
+                declared.insert(name.to_owned(), lock);
+            }
+            Err(e) => {
+                // At the offending field when the message names one: an unknown key at
+                // the key, a bad value at the value, an unknown kind at `kind`'s value.
+                let named = e.split('`').nth(1).unwrap_or_default();
+                let at = item
+                    .as_table_like()
+                    .and_then(|t| {
+                        let field = if e.starts_with("unknown lock kind") {
+                            "kind"
+                        } else {
+                            named
+                        };
+                        let value = t.get(field)?;
+                        if e.starts_with("unknown key") {
+                            t.key(field)?.span()
+                        } else {
+                            value.span()
+                        }
+                    })
+                    .or(span);
+                c.error(at, format!("lock `{name}`: {e}"));
+            }
+        }
+    }
+    declared
+}
+
+/// Lock names in `item` (a list), each declared; the good ones.
+fn lock_names(
+    c: &mut Checker,
+    owner: &str,
+    item: &Item,
+    span: Option<Range<usize>>,
+    declared: &BTreeMap<String, Declared>,
+) -> Vec<String> {
+    let Some(names) = strings(item) else {
+        c.error(
+            span,
+            format!("{owner}: `locks` must be a list of lock names"),
+        );
+        return Vec::new();
+    };
+    let mut good = Vec::new();
+    for name in names {
+        if declared.contains_key(&name) {
+            good.push(name);
+        } else {
+            let known: Vec<&str> = declared.keys().map(String::as_str).collect();
+            c.error(
+                span.clone(),
+                format!(
+                    "{owner}: no lock `{name}` ({})",
+                    if known.is_empty() {
+                        "the Polyfile declares none: [locks.NAME]".to_owned()
+                    } else {
+                        format!("locks: {}", known.join(", "))
+                    }
+                ),
+            );
+        }
+    }
+    good
+}
+
+/// A `per = "KEY"` lock is taken only by sites with that key (unless `missing = "skip-lock"`).
+fn check_lock_keys(
+    c: &mut Checker,
+    owner: &str,
+    names: &[String],
+    members: &[String],
+    declared: &BTreeMap<String, Declared>,
+    sites: &SiteStore,
+    span: Option<Range<usize>>,
+) {
+    for name in names {
+        let Some(need) = declared.get(name).and_then(|d| d.needs_key.as_ref()) else {
+            continue;
+        };
+        let missing: Vec<&String> = members
+            .iter()
+            .filter(|m| {
+                sites
+                    .get(m)
+                    .is_some_and(|s| !s.config().contains_key(&need.key))
+            })
+            .collect();
+        if !missing.is_empty() {
+            c.error(
+                span.clone(),
+                format!(
+                    "{owner}: lock `{name}` is per `{key}`, and {} ha{} no `{key}` (give {} one, or `missing = \"skip-lock\"` in [locks.{name}])",
+                    polyshell_sites::range::fold(&missing),
+                    if missing.len() == 1 { "s" } else { "ve" },
+                    if missing.len() == 1 { "it" } else { "them" },
+                    key = need.key
+                ),
+            );
+        }
+    }
+}
+
 fn job(
     c: &mut Checker,
     sites: &SiteStore,
+    declared: &BTreeMap<String, Declared>,
     name: &str,
     item: &Item,
     span: Option<Range<usize>>,
@@ -193,7 +343,7 @@ fn job(
     let mut actions = Vec::new();
     for table in tables {
         let before = c.diags.len();
-        let action = action(c, sites, name, table);
+        let action = action(c, sites, declared, name, table);
         if c.diags.len() == before {
             actions.push(action);
         }
@@ -201,7 +351,13 @@ fn job(
     Some(JobSpec { actions })
 }
 
-fn action(c: &mut Checker, sites: &SiteStore, job: &str, table: &Table) -> ActionSpec {
+fn action(
+    c: &mut Checker,
+    sites: &SiteStore,
+    declared: &BTreeMap<String, Declared>,
+    job: &str,
+    table: &Table,
+) -> ActionSpec {
     let mut spec = ActionSpec::default();
     let mut action_set: Option<String> = None;
     for (key, item) in table.iter() {
@@ -259,6 +415,9 @@ fn action(c: &mut Checker, sites: &SiteStore, job: &str, table: &Table) -> Actio
                 }
                 None => c.error(span, format!("job `{job}`: `env` must be a table of variables")),
             },
+            "locks" => {
+                spec.locks = lock_names(c, &format!("job `{job}`"), item, span, declared)
+            }
             "set" => match item.as_str() {
                 Some(k) => action_set = Some(k.to_owned()),
                 None => c.error(span, format!("job `{job}`: `set` must be a key name")),
@@ -295,7 +454,17 @@ fn action(c: &mut Checker, sites: &SiteStore, job: &str, table: &Table) -> Actio
     if spec.roles.is_empty() {
         spec.roles.push(job.to_owned());
     }
-    if sites.list(&spec.roles, ()).is_empty() {
+    let members = sites.list(&spec.roles, ());
+    check_lock_keys(
+        c,
+        &format!("job `{job}`"),
+        &spec.locks,
+        &members,
+        declared,
+        sites,
+        table.get("locks").and_then(Item::span),
+    );
+    if members.is_empty() {
         c.error(
             key_span(table, "roles").or(table.span()),
             format!(
@@ -444,9 +613,16 @@ fn collect_strings<'a>(table: &'a Table, out: &mut Vec<(&'a str, Option<Range<us
     }
 }
 
+/// What a schedule may name.
+struct Known<'a> {
+    jobs: &'a BTreeMap<String, JobSpec>,
+    locks: &'a BTreeMap<String, Declared>,
+    sites: &'a SiteStore,
+}
+
 fn schedule(
     c: &mut Checker,
-    jobs: &BTreeMap<String, JobSpec>,
+    known: &Known<'_>,
     name: &str,
     item: &Item,
     span: Option<Range<usize>>,
@@ -480,7 +656,7 @@ fn schedule(
                         t.iter().map(|(k, v)| (k, Item::Value(v.clone()))).collect();
                     let spans: Vec<Option<Range<usize>>> =
                         t.iter().map(|(_, v)| v.span()).collect();
-                    chain.push(schedule_entry(c, jobs, name, &pairs, &spans, v.span()));
+                    chain.push(schedule_entry(c, known, name, &pairs, &spans, v.span()));
                 }
                 None => c.error(
                     v.span(),
@@ -494,21 +670,24 @@ fn schedule(
         let pairs: Vec<(&str, Item)> = table.iter().map(|(k, v)| (k, v.clone())).collect();
         let spans: Vec<Option<Range<usize>>> =
             table.iter().map(|(k, _)| key_span(table, k)).collect();
-        chain.push(schedule_entry(c, jobs, name, &pairs, &spans, span));
+        chain.push(schedule_entry(c, known, name, &pairs, &spans, span));
     }
     Some(chain)
 }
 
 fn schedule_entry(
     c: &mut Checker,
-    jobs: &BTreeMap<String, JobSpec>,
+    known: &Known<'_>,
     name: &str,
     pairs: &[(&str, Item)],
     spans: &[Option<Range<usize>>],
     at: Option<Range<usize>>,
 ) -> Schedule {
+    let jobs = known.jobs;
     let mut s = Schedule::new(()).name(name);
     let mut jobs_span = at.clone();
+    let mut lock_names_here: Vec<String> = Vec::new();
+    let mut locks_span = None;
     for ((key, item), span) in pairs.iter().zip(spans) {
         let span = item.span().or(span.clone());
         let flag = |c: &mut Checker, target: &mut bool| match item.as_bool() {
@@ -562,6 +741,11 @@ fn schedule_entry(
             "report" => flag(c, &mut s.report),
             "debug" => flag(c, &mut s.debug),
             "quiet" => flag(c, &mut s.quiet),
+            "locks" => {
+                let owner = format!("schedule `{name}`");
+                lock_names_here = lock_names(c, &owner, item, span.clone(), known.locks);
+                locks_span = span;
+            }
             other => c.error(
                 span,
                 format!(
@@ -572,7 +756,38 @@ fn schedule_entry(
         }
     }
     if s.jobs.is_empty() {
-        c.error(at, format!("schedule `{name}`: `jobs` lists no job"));
+        c.error(
+            at.clone(),
+            format!("schedule `{name}`: `jobs` lists no job"),
+        );
+    }
+    // The entry's locks are taken by every site its jobs run on.
+    let mut members: Vec<String> = Vec::new();
+    for j in &s.jobs {
+        for a in jobs
+            .get(j)
+            .map(|j| j.actions.as_slice())
+            .unwrap_or_default()
+        {
+            for site in known.sites.list(&a.roles, &s.roles) {
+                if !members.contains(&site) {
+                    members.push(site);
+                }
+            }
+        }
+    }
+    let owner = format!("schedule `{name}`");
+    check_lock_keys(
+        c,
+        &owner,
+        &lock_names_here,
+        &members,
+        known.locks,
+        known.sites,
+        locks_span.or(at),
+    );
+    for lock in &lock_names_here {
+        s.locks.push(known.locks[lock].lock.clone());
     }
     if !s.allow_missing_job {
         for j in &s.jobs {

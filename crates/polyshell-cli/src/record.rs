@@ -2,7 +2,7 @@
 //! run's header holds, `polyshell runs [show ID|last]`, and what `rerun` needs from a record.
 
 use crate::exit::CliError;
-use crate::report::{OutputMode, Reporter, Summary, Terminal};
+use crate::report::{LockWait, OutputMode, Reporter, Summary, Terminal};
 use polyshell_auth::{Console, ConsoleStream};
 use polyshell_sched::ledger::{Ledger, Retention, RunRecord};
 use polyshell_sched::{Event, EventSink};
@@ -131,6 +131,7 @@ pub fn summary_json(summary: &Summary, status: u8, stopped: bool) -> Value {
         "ok": summary.ok,
         "failed": summary.failed.iter().map(|(s, w)| json!({"site": s, "reason": w})).collect::<Vec<_>>(),
         "skipped": summary.skipped.iter().map(|(s, w)| json!({"site": s, "reason": w})).collect::<Vec<_>>(),
+        "longest_lock_wait": summary.json()["longest_lock_wait"],
     })
 }
 
@@ -177,6 +178,13 @@ impl Outcomes {
                     elapsed: Duration::from_millis(
                         s.get("elapsed_ms").and_then(Value::as_u64).unwrap_or(0),
                     ),
+                    longest_lock_wait: s.get("longest_lock_wait").and_then(|w| {
+                        Some(LockWait {
+                            lock: w.get("lock")?.as_str()?.to_owned(),
+                            site: w.get("site")?.as_str()?.to_owned(),
+                            waited: Duration::from_millis(w.get("waited_ms")?.as_u64()?),
+                        })
+                    }),
                 },
                 unfinished: Vec::new(),
                 finished: true,
@@ -227,6 +235,7 @@ impl Outcomes {
                 failed,
                 skipped,
                 elapsed,
+                longest_lock_wait: None,
             },
             unfinished,
             finished: false,

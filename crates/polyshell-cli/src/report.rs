@@ -125,6 +125,16 @@ pub struct Reporter {
     active: Mutex<HashMap<String, String>>,
     /// gather: each site's output, in order.
     gathered: Mutex<BTreeMap<String, Vec<u8>>>,
+    /// The longest wait for a lock: (lock, site, how long).
+    longest_wait: Mutex<Option<LockWait>>,
+}
+
+/// A site held back by a lock: which lock, which site, how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockWait {
+    pub lock: String,
+    pub site: String,
+    pub waited: Duration,
 }
 
 impl Reporter {
@@ -152,6 +162,7 @@ impl Reporter {
             failed: AtomicUsize::new(0),
             active: Mutex::default(),
             gathered: Mutex::default(),
+            longest_wait: Mutex::default(),
         })
     }
 
@@ -185,6 +196,14 @@ impl Reporter {
             self.total,
             self.running.load(Ordering::Relaxed),
         )
+    }
+
+    /// The lock that held a site back the longest in the run, if any did.
+    pub fn longest_lock_wait(&self) -> Option<LockWait> {
+        self.longest_wait
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Sites with an action running now.
@@ -257,6 +276,18 @@ impl EventSink for Reporter {
                     self.done.fetch_add(1, Ordering::Relaxed);
                 }
             }
+            Event::LockAcquired {
+                lock, site, waited, ..
+            } => {
+                let mut longest = self.longest_wait.lock().unwrap_or_else(|p| p.into_inner());
+                if longest.as_ref().is_none_or(|l| *waited > l.waited) {
+                    *longest = Some(LockWait {
+                        lock: lock.clone(),
+                        site: site.clone(),
+                        waited: *waited,
+                    });
+                }
+            }
             _ => {}
         }
         match self.mode {
@@ -324,6 +355,8 @@ pub struct Summary {
     pub failed: Vec<(String, String)>,
     pub skipped: Vec<(String, String)>,
     pub elapsed: Duration,
+    /// The lock that held a site back the longest.
+    pub longest_lock_wait: Option<LockWait>,
 }
 
 impl Summary {
@@ -365,6 +398,7 @@ impl Summary {
             failed,
             skipped,
             elapsed,
+            longest_lock_wait: None,
         }
     }
 
@@ -396,6 +430,14 @@ impl Summary {
         for (site, why) in &self.skipped {
             s.push_str(&format!("  skipped {site}: {why}\n"));
         }
+        if let Some(w) = &self.longest_lock_wait {
+            s.push_str(&format!(
+                "  longest lock wait: `{}` held {} back {:.1}s\n",
+                w.lock,
+                w.site,
+                w.waited.as_secs_f64()
+            ));
+        }
         s
     }
 
@@ -406,6 +448,7 @@ impl Summary {
             "failed": self.failed.iter().map(|(s, w)| json!({"site": s, "reason": w})).collect::<Vec<_>>(),
             "skipped": self.skipped.iter().map(|(s, w)| json!({"site": s, "reason": w})).collect::<Vec<_>>(),
             "elapsed_ms": self.elapsed.as_millis() as u64,
+            "longest_lock_wait": self.longest_lock_wait.as_ref().map(|w| json!({"lock": w.lock, "site": w.site, "waited_ms": w.waited.as_millis() as u64})),
         })
     }
 }

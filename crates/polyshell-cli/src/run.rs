@@ -178,7 +178,8 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
     interrupts.abort();
     terminal.set_status(None);
     reporter.print_gathered();
-    let summary = Summary::of(&results, &plan.targets, started.elapsed());
+    let mut summary = Summary::of(&results, &plan.targets, started.elapsed());
+    summary.longest_lock_wait = reporter.longest_lock_wait();
     match settings.output {
         OutputMode::Json => {
             let mut line = summary.json().to_string();

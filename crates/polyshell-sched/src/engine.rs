@@ -11,7 +11,7 @@
 use crate::context::{ActionContext, ActionResult, Shared};
 use crate::event::{Event, EventSink, NoEvents};
 use crate::job::{Job, Jobs};
-use crate::lock::{acquire_all, Guard, LockContext, PhaseGate};
+use crate::lock::{acquire_all_observed, Guard, LockContext, PhaseGate};
 use crate::result::{ActionOutcome, ScheduleResult, SkipReason, Status};
 use crate::schedule::{Mode, Schedule};
 use dashmap::DashMap;
@@ -460,7 +460,30 @@ impl Engine {
         let guards = if locks.is_empty() {
             Vec::new()
         } else {
-            acquire_all(&mut locks, lock_ctx).await
+            let observe = |lock: &dyn crate::lock::Lock, waited: Option<Duration>| {
+                let (schedule, job, site, lock) = (
+                    run.id.clone(),
+                    unit.job.name.clone(),
+                    unit.site.clone(),
+                    lock.name(),
+                );
+                self.events.event(match waited {
+                    None => Event::LockWaiting {
+                        schedule,
+                        job,
+                        site,
+                        lock,
+                    },
+                    Some(waited) => Event::LockAcquired {
+                        schedule,
+                        job,
+                        site,
+                        lock,
+                        waited,
+                    },
+                });
+            };
+            acquire_all_observed(&mut locks, lock_ctx, observe).await
         };
         (permit, guards)
     }

@@ -55,6 +55,21 @@ pub enum Event {
         schedule: String,
         result: ScheduleResult,
     },
+    /// A job's work on a site waits for a lock that is not free (sent only then).
+    LockWaiting {
+        schedule: String,
+        job: String,
+        site: String,
+        lock: String,
+    },
+    /// ...and has it now, after `waited`.
+    LockAcquired {
+        schedule: String,
+        job: String,
+        site: String,
+        lock: String,
+        waited: Duration,
+    },
 }
 
 impl Event {
@@ -119,6 +134,23 @@ impl Event {
             Event::ScheduleFinished { schedule, result } => {
                 let (ok, failed, skipped) = result.counts();
                 json!({"event": "schedule_finished", "schedule": schedule, "ok": ok, "failed": failed, "skipped": skipped, "elapsed_ms": result.elapsed.as_millis() as u64})
+            }
+            Event::LockWaiting {
+                schedule,
+                job,
+                site,
+                lock,
+            } => {
+                json!({"event": "lock_waiting", "schedule": schedule, "job": job, "site": site, "lock": lock})
+            }
+            Event::LockAcquired {
+                schedule,
+                job,
+                site,
+                lock,
+                waited,
+            } => {
+                json!({"event": "lock_acquired", "schedule": schedule, "job": job, "site": site, "lock": lock, "waited_ms": waited.as_millis() as u64})
             }
         }
     }
@@ -188,6 +220,19 @@ impl Event {
                     elapsed: millis("elapsed_ms"),
                     ..ScheduleResult::default()
                 },
+            },
+            "lock_waiting" => Event::LockWaiting {
+                schedule: text("schedule")?,
+                job: text("job")?,
+                site: text("site")?,
+                lock: text("lock")?,
+            },
+            "lock_acquired" => Event::LockAcquired {
+                schedule: text("schedule")?,
+                job: text("job")?,
+                site: text("site")?,
+                lock: text("lock")?,
+                waited: millis("waited_ms"),
             },
             _ => return None,
         })

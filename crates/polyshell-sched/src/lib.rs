@@ -9,7 +9,7 @@
 //! - [`Batch`]: runs schedules one after another with one `shared` space, one batch id, and
 //!   one shell per site (one connection, reused by every action of the batch).
 //! - [`Lock`]: the lock trait, with [`SiteMutex`], [`NamedMutex`], [`Semaphore`],
-//!   [`RoleSemaphore`], [`Barrier`] built in; write your own for your own rules.
+//!   [`RoleSemaphore`], [`KeySemaphore`], [`Barrier`] built in; write your own for your own rules.
 //! - [`Event`]: the stream reporters consume; [`ledger`] records it, a run per directory.
 //!
 //! This crate knows nothing of SSH: it gets shells from a [`ShellFactory`], so every schedule
@@ -51,8 +51,8 @@ pub use engine::{new_batch_id, Batch, LocalShells, ScheduleError, ShellFactory};
 pub use event::{Event, EventSink, NoEvents, Tee};
 pub use job::{Action, Job, Jobs};
 pub use lock::{
-    acquire_all, next_order, Barrier, Guard, Lock, LockContext, NamedMutex, RoleSemaphore,
-    Semaphore, SiteMutex,
+    acquire_all, acquire_all_observed, labeled, next_order, Barrier, Guard, KeySemaphore, Lock,
+    LockContext, NamedMutex, RoleSemaphore, Semaphore, SiteMutex,
 };
 pub use result::{ActionOutcome, ScheduleResult, SkipReason, Status};
 pub use schedule::{Mode, Schedule};

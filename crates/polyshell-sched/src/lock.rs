@@ -71,6 +71,16 @@ pub fn next_order() -> u64 {
 
 /// Takes `locks` in their global order; the guards release when the returned vector drops.
 pub async fn acquire_all(locks: &mut [Arc<dyn Lock>], ctx: &LockContext) -> Vec<Guard> {
+    acquire_all_observed(locks, ctx, |_, _| {}).await
+}
+
+/// [`acquire_all`], telling `observe` of every lock that was not free at once:
+/// `(lock, None)` when the wait starts, `(lock, Some(waited))` when the lock is taken.
+pub async fn acquire_all_observed(
+    locks: &mut [Arc<dyn Lock>],
+    ctx: &LockContext,
+    observe: impl Fn(&dyn Lock, Option<std::time::Duration>),
+) -> Vec<Guard> {
     // Locks that wait for others to arrive (barriers) first, holding nothing: a barrier
     // waited for while holding a semaphore's permit deadlocks the units that need it. Then
     // the rest in the global order; a lock named twice is taken once.
@@ -82,7 +92,18 @@ pub async fn acquire_all(locks: &mut [Arc<dyn Lock>], ctx: &LockContext) -> Vec<
             continue;
         }
         taken.push(lock.order());
-        guards.push(lock.acquire(ctx).await);
+        let mut acquiring = lock.acquire(ctx);
+        let guard = match futures::poll!(acquiring.as_mut()) {
+            std::task::Poll::Ready(guard) => guard,
+            std::task::Poll::Pending => {
+                observe(lock.as_ref(), None);
+                let since = tokio::time::Instant::now();
+                let guard = acquiring.await;
+                observe(lock.as_ref(), Some(since.elapsed()));
+                guard
+            }
+        };
+        guards.push(guard);
     }
     guards
 }
@@ -227,6 +248,87 @@ impl Lock for RoleSemaphore {
     }
     fn name(&self) -> String {
         format!("role semaphore {} per {}", self.n, self.roles.join(","))
+    }
+}
+
+/// One semaphore of `n` permits per distinct value of a site's configuration key (`dc`):
+/// at most `n` sites of one datacenter at a time, datacenters side by side. A site without
+/// the key takes no permit when `skip_missing`, else the sites without it share one semaphore.
+pub struct KeySemaphore {
+    order: u64,
+    key: String,
+    n: usize,
+    skip_missing: bool,
+    permits: DashMap<String, Arc<tokio::sync::Semaphore>>,
+}
+
+impl KeySemaphore {
+    pub fn new(key: &str, n: usize, skip_missing: bool) -> Arc<KeySemaphore> {
+        Arc::new(KeySemaphore {
+            order: next_order(),
+            key: key.to_owned(),
+            n: n.max(1),
+            skip_missing,
+            permits: DashMap::new(),
+        })
+    }
+}
+
+#[async_trait]
+impl Lock for KeySemaphore {
+    async fn acquire(&self, ctx: &LockContext) -> Guard {
+        let value = match ctx.site.config().get(&self.key) {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(other) => other.to_string(),
+            None if self.skip_missing => return Guard::none(),
+            None => String::new(),
+        };
+        // Clone the Arc out: never hold a dashmap guard across an await.
+        let sem = self
+            .permits
+            .entry(value)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(self.n)))
+            .clone();
+        match sem.acquire_owned().await {
+            Ok(permit) => Guard::new(permit),
+            Err(_) => Guard::none(), // never closed
+        }
+    }
+    fn order(&self) -> u64 {
+        self.order
+    }
+    fn name(&self) -> String {
+        format!("semaphore {} per {}", self.n, self.key)
+    }
+}
+
+/// `lock` under another name (in events, summaries and `--dry-run`): how the Polyfile's
+/// `[locks.NAME]` appear.
+pub fn labeled(name: &str, lock: Arc<dyn Lock>) -> Arc<dyn Lock> {
+    Arc::new(Labeled {
+        name: name.to_owned(),
+        inner: lock,
+    })
+}
+
+struct Labeled {
+    name: String,
+    inner: Arc<dyn Lock>,
+}
+
+#[async_trait]
+impl Lock for Labeled {
+    async fn acquire(&self, ctx: &LockContext) -> Guard {
+        self.inner.acquire(ctx).await
+    }
+    fn order(&self) -> u64 {
+        self.inner.order()
+    }
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+    fn waits_for_others(&self) -> bool {
+        self.inner.waits_for_others()
     }
 }
 

@@ -327,7 +327,8 @@ fn checked_value(
     }
 }
 
-fn to_json(item: &Item) -> Result<Value, String> {
+/// A TOML item as JSON (the form site configuration takes); a non-finite float is an error.
+pub fn to_json(item: &Item) -> Result<Value, String> {
     match item {
         Item::None => Ok(Value::Null),
         Item::Value(v) => value_to_json(v),
