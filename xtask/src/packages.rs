@@ -23,6 +23,9 @@ const NEEDED: &[(&str, &str)] = &[
     ("/usr/bin/tmux", "tmux"),
     // The host-pattern tests compare with ClusterShell's own NodeSet (its Python library).
     ("/usr/bin/nodeset", "clustershell"),
+    // `polyshell serve`'s pages are tested in a real headless browser, through WebDriver.
+    ("/usr/bin/chromium", "chromium"),
+    ("/usr/bin/chromedriver", "chromium-driver"),
 ];
 
 /// A policy-rc.d that stops package scripts from starting services (the system sshd must

@@ -210,6 +210,24 @@ enum Command {
         #[arg(long)]
         failed: bool,
     },
+    /// A live web view of the run ledger, and its event feed (read-only: it starts nothing).
+    #[command(
+        after_help = "Example: polyshell serve    then open http://127.0.0.1:7878/\n\n\
+                            API: GET /api/runs, /api/runs/ID (JSON), /api/runs/ID/events \
+                            (Server-Sent Events: each event as --output json prints it, from \
+                            the start, then live). Listening beyond loopback needs a token."
+    )]
+    Serve {
+        /// Where to listen (loopback unless a token is given).
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7878")]
+        listen: std::net::SocketAddr,
+        /// Every request must carry this (at least 16 characters); needed off loopback.
+        #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
+        token: Option<String>,
+        /// The token, from the first line of FILE.
+        #[arg(long = "token-file", value_name = "FILE")]
+        token_file: Option<PathBuf>,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example: polyshell completions bash > /etc/bash_completion.d/polyshell"
@@ -620,7 +638,10 @@ fn settings(cli: &Cli, plan: &Plan) -> Result<Settings, CliError> {
             rerun_of: cli.rerun_of.clone(),
         };
         match crate::record::ledger() {
-            Ok(ledger) => Some((ledger, header.fields(&plan.planned))),
+            Ok(ledger) => Some((
+                ledger,
+                header.fields(&plan.planned, &plan.sites, &plan.chain),
+            )),
             // No home at all (a bare service environment): the run goes on, unrecorded.
             Err(e) if e.message == crate::record::NO_PLACE => {
                 eprintln!(
@@ -781,6 +802,26 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
                 }
             }
             Ok(exit::SUCCESS)
+        }
+        Command::Serve {
+            listen,
+            token,
+            token_file,
+        } => {
+            let token = match token_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| {
+                            CliError::usage(format!("cannot read {}: {e}", path.display()))
+                        })?
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .to_owned(),
+                ),
+                None => token.clone(),
+            };
+            crate::serve::serve(crate::record::ledger()?, *listen, token).await
         }
         Command::Rerun { .. } => Err(CliError::usage(
             "rerun: the recorded run could not be prepared",

@@ -5,6 +5,7 @@
 //! - [`subst`]: `{...}` placeholders, checked and substituted as shell data.
 //! - [`values`]: durations and counts from argv, checked (exit 2 when bad).
 //! - [`locks`]: `[locks.NAME]` of the Polyfile; [`locks::register`] adds a lock kind.
+//! - [`serve`]: `polyshell serve`, and [`serve::Feed`] for a program's own web app.
 //! - [`cli::main`]: parse argv and run; returns the exit status ([`exit`]).
 //!
 //! ```
@@ -26,6 +27,7 @@ mod pump;
 mod record;
 mod report;
 mod run;
+pub mod serve;
 mod shells;
 mod steps;
 pub mod subst;

@@ -90,8 +90,14 @@ pub struct Header {
 }
 
 impl Header {
-    /// The header's fields, with the sites the run targets and how many actions each gets.
-    pub fn fields(&self, sites: &[(String, usize)]) -> Map<String, Value> {
+    /// The header's fields, with the sites the run targets and how many actions each gets,
+    /// the roles they are in (for the web view's filter) and the chain of schedules.
+    pub fn fields(
+        &self,
+        sites: &[(String, usize)],
+        store: &polyshell_sites::SiteStore,
+        chain: &[polyshell_sched::Schedule],
+    ) -> Map<String, Value> {
         let cwd = std::env::current_dir().ok();
         let polyfile = self.polyfile.as_ref().map(|p| {
             let path = std::path::absolute(p).unwrap_or_else(|_| p.clone());
@@ -112,6 +118,29 @@ impl Header {
             planned.insert(site.clone(), json!(n));
         }
         map.insert("sites".into(), Value::Object(planned));
+        // Roles of the run's sites: declared ones only (not each site's own name, not the
+        // roles the CLI makes for ad hoc commands).
+        let mut roles = Map::new();
+        for role in store.role_names() {
+            if role == polyshell_sites::ALL || role.contains(':') || store.get(&role).is_some() {
+                continue;
+            }
+            let members: Vec<String> = store
+                .list(&role, ())
+                .into_iter()
+                .filter(|m| sites.iter().any(|(s, _)| s == m))
+                .collect();
+            if !members.is_empty() {
+                roles.insert(role, json!(members));
+            }
+        }
+        map.insert("roles".into(), Value::Object(roles));
+        let chain: Vec<Value> = chain
+            .iter()
+            .map(|s| json!({"name": s.name, "mode": s.mode.as_str(), "jobs": s.jobs}))
+            .collect();
+        map.insert("chain".into(), json!(chain));
+        map.insert("pid".into(), json!(std::process::id()));
         if let Some(only) = &self.only {
             map.insert("only".into(), json!(only));
         }
@@ -141,6 +170,8 @@ pub struct Outcomes {
     /// Sites that never finished all their actions (a killed run).
     pub unfinished: Vec<String>,
     pub finished: bool,
+    /// Not finished, and the process that records it is alive: the run is going on.
+    pub running: bool,
 }
 
 impl Outcomes {
@@ -188,6 +219,7 @@ impl Outcomes {
                 },
                 unfinished: Vec::new(),
                 finished: true,
+                running: false,
             };
         }
         // A killed run: a site succeeded when every action it was planned finished ok.
@@ -239,6 +271,7 @@ impl Outcomes {
             },
             unfinished,
             finished: false,
+            running: recorder_alive(run),
         }
     }
 
@@ -250,6 +283,48 @@ impl Outcomes {
         sites.extend(self.unfinished.iter().cloned());
         sites
     }
+}
+
+/// Whether the process that recorded `run` still lives (a run without a summary is then going
+/// on, else it was killed). A recycled pid can make a dead run look alive until that process
+/// ends; the start time in `/proc` rules that out where it can.
+pub fn recorder_alive(run: &RunRecord) -> bool {
+    let Some(pid) = run.header.get("pid").and_then(Value::as_u64) else {
+        return false;
+    };
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
+    let exists = unsafe { libc::kill(pid, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    // A process that started after the run did is not the run's.
+    match process_started(pid) {
+        Some(started) => started <= run.started_unix() + 1,
+        None => true,
+    }
+}
+
+/// When process `pid` started (seconds since the epoch), from `/proc`: field 22 of its `stat`
+/// (clock ticks since boot) and the boot time in `/proc/stat`.
+fn process_started(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count after the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let ticks: u64 = rest.split_whitespace().nth(19)?.parse().ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| boot + ticks / hz as u64)
 }
 
 /// The run's sites and how many actions each was planned.
@@ -301,6 +376,8 @@ pub fn list(ledger: &Ledger) -> Result<(), CliError> {
         let s = &outcomes.summary;
         let time = if outcomes.finished {
             clock(s.elapsed)
+        } else if outcomes.running {
+            "running".into()
         } else {
             "unfinished".into()
         };
