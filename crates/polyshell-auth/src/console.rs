@@ -1,7 +1,14 @@
 //! The console guard: while a password prompt is on the terminal, live output is held back
-//! and released after it, so nothing garbles the prompt.
+//! and released after it, so nothing garbles the prompt. What is held is bounded
+//! ([`Console::with_hold_limit`], 8 MiB by default): past it the oldest held output is let
+//! go, and a line says how much when the prompt ends (a prompt left waiting for an hour while
+//! a thousand sites print cannot exhaust memory).
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
+
+/// How much output a console holds during a prompt unless told otherwise.
+pub const DEFAULT_HOLD_LIMIT: usize = 8 << 20;
 
 /// Which output stream a piece of console output belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,21 +27,34 @@ pub struct Console {
 
 struct Inner {
     writer: Box<Writer>,
+    limit: usize,
     state: Mutex<State>,
 }
 
 #[derive(Default)]
 struct State {
     prompts: usize,
-    held: Vec<(ConsoleStream, Vec<u8>)>,
+    held: VecDeque<(ConsoleStream, Vec<u8>)>,
+    /// Bytes in `held`, and bytes let go since the prompt began.
+    held_bytes: usize,
+    dropped: usize,
 }
 
 impl Console {
     /// A console writing through `writer` (the CLI passes one that writes stdout/stderr).
     pub fn new(writer: impl Fn(ConsoleStream, &[u8]) + Send + Sync + 'static) -> Console {
+        Console::with_hold_limit(DEFAULT_HOLD_LIMIT, writer)
+    }
+
+    /// A console that holds at most `limit` bytes during a prompt (the newest).
+    pub fn with_hold_limit(
+        limit: usize,
+        writer: impl Fn(ConsoleStream, &[u8]) + Send + Sync + 'static,
+    ) -> Console {
         Console {
             inner: Arc::new(Inner {
                 writer: Box::new(writer),
+                limit,
                 state: Mutex::new(State::default()),
             }),
         }
@@ -48,7 +68,15 @@ impl Console {
     pub fn write(&self, stream: ConsoleStream, bytes: &[u8]) {
         let mut state = self.lock();
         if state.prompts > 0 {
-            state.held.push((stream, bytes.to_vec()));
+            state.held_bytes += bytes.len();
+            state.held.push_back((stream, bytes.to_vec()));
+            while state.held_bytes > self.inner.limit {
+                let Some((_, oldest)) = state.held.pop_front() else {
+                    break;
+                };
+                state.held_bytes -= oldest.len();
+                state.dropped += oldest.len();
+            }
         } else {
             // Written under the lock: a prompt cannot start half-way through a line.
             (self.inner.writer)(stream, bytes);
@@ -91,6 +119,16 @@ impl Drop for PromptHold {
         let mut state = self.console.lock();
         state.prompts -= 1;
         if state.prompts == 0 {
+            let dropped = std::mem::take(&mut state.dropped);
+            if dropped > 0 {
+                let note = format!(
+                    "polyshell: {dropped} bytes of output that came while the prompt was up are \
+                     not shown (the newest {} are)\n",
+                    self.console.inner.limit
+                );
+                (self.console.inner.writer)(ConsoleStream::Stderr, note.as_bytes());
+            }
+            state.held_bytes = 0;
             for (stream, bytes) in std::mem::take(&mut state.held) {
                 (self.console.inner.writer)(stream, &bytes);
             }
@@ -115,5 +153,25 @@ mod tests {
         assert!(console.holding());
         drop(hold);
         assert_eq!(*written.lock().unwrap(), b"abc");
+    }
+
+    #[test]
+    fn what_is_held_is_bounded_and_what_was_let_go_is_said() {
+        let written: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let sink = written.clone();
+        let console =
+            Console::with_hold_limit(10, move |_, b| sink.lock().unwrap().extend_from_slice(b));
+        let hold = console.begin_prompt();
+        for chunk in [b"aaaa", b"bbbb", b"cccc", b"dddd"] {
+            console.write(ConsoleStream::Stdout, chunk);
+        }
+        assert!(console.lock().held_bytes <= 10);
+        drop(hold);
+        let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "polyshell: 8 bytes of output that came while the prompt was up are not shown \
+             (the newest 10 are)\nccccdddd"
+        );
     }
 }

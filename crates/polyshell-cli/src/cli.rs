@@ -29,46 +29,84 @@ Examples:
 #[command(name = "polyshell", version, after_help = EXAMPLES)]
 struct Cli {
     /// The Polyfile (default: ./Polyfile.toml when it exists; otherwise the one local site).
-    #[arg(short = 'f', long = "file", global = true, value_name = "FILE")]
+    #[arg(
+        short = 'f',
+        long = "file",
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     file: Option<PathBuf>,
     /// Target hosts without a Polyfile: a host pattern, e.g. `db1,web[01-03]`,
     /// `web[1-20]!web7`; `@ROLE` takes a role's sites from the Polyfile (`@web&@eu`).
-    #[arg(short = 'H', long = "hosts", global = true, value_name = "HOSTS")]
+    #[arg(
+        short = 'H',
+        long = "hosts",
+        global = true,
+        help_heading = "Global options",
+        value_name = "HOSTS"
+    )]
     hosts: Option<String>,
     /// At most N sites busy at once (N ≥ 1).
-    #[arg(long, global = true, value_name = "N", value_parser = crate::values::positive)]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "N", value_parser = crate::values::positive)]
     fanout: Option<usize>,
     /// Terminate any command that runs longer than S seconds (its whole process group);
     /// also `500ms`, `10m`, `2h`.
-    #[arg(long, global = true, value_name = "S", value_parser = crate::values::duration)]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "S", value_parser = crate::values::duration)]
     timeout: Option<Duration>,
     /// Give up on a site that does not complete connecting within S seconds (default 10).
-    #[arg(long = "connect-timeout", global = true, value_name = "S", value_parser = crate::values::duration)]
+    #[arg(long = "connect-timeout", global = true, help_heading = "Global options", value_name = "S", value_parser = crate::values::duration)]
     connect_timeout: Option<Duration>,
     /// How output is shown.
-    #[arg(long, global = true, value_enum, default_value = "stream")]
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        value_enum,
+        default_value = "stream"
+    )]
     output: OutputMode,
     /// Ask for the sudo password once, before anything runs.
-    #[arg(short = 'K', long = "ask-sudo-pass", global = true)]
+    #[arg(
+        short = 'K',
+        long = "ask-sudo-pass",
+        global = true,
+        help_heading = "Global options"
+    )]
     ask_sudo_pass: bool,
     /// Read the sudo password from the first line of FILE (or set POLYSHELL_SUDO_PASSWORD).
-    #[arg(long = "sudo-password-file", global = true, value_name = "FILE")]
+    #[arg(
+        long = "sudo-password-file",
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     sudo_password_file: Option<PathBuf>,
     /// Host key checking: strict (default), accept-new (record unknown keys), off.
-    #[arg(long = "known-hosts", global = true, value_enum)]
+    #[arg(
+        long = "known-hosts",
+        global = true,
+        help_heading = "Global options",
+        value_enum
+    )]
     known_hosts: Option<KnownHosts>,
     /// An ssh_config to read instead of ~/.ssh/config.
-    #[arg(long = "ssh-config", global = true, value_name = "FILE")]
+    #[arg(
+        long = "ssh-config",
+        global = true,
+        help_heading = "Global options",
+        value_name = "FILE"
+    )]
     ssh_config: Option<PathBuf>,
     /// More detail: -v shows `starting job` lines, -vv debug messages and logs, -vvv traces.
-    #[arg(short = 'v', action = clap::ArgAction::Count, global = true)]
+    #[arg(short = 'v', action = clap::ArgAction::Count, global = true, help_heading = "Global options")]
     verbose: u8,
     /// Resolve everything and print what would run (sites, schedules, rails, every step's
     /// command per site); connect nowhere, run nothing.
-    #[arg(long = "dry-run", global = true)]
+    #[arg(long = "dry-run", global = true, help_heading = "Global options")]
     dry_run: bool,
     /// Do not record this run in the run ledger (`polyshell runs`).
-    #[arg(long = "no-record", global = true)]
+    #[arg(long = "no-record", global = true, help_heading = "Global options")]
     no_record: bool,
     #[command(subcommand)]
     command: Command,

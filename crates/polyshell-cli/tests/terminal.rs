@@ -149,6 +149,45 @@ fn ctrl_c_at_the_prompt_aborts_the_run_cleanly() {
     );
 }
 
+/// The terminal is given back as it was (echo on) when a prompt is abandoned with Ctrl-C,
+/// though the thread reading it is still blocked: why `tty.rs` restores the terminal from
+/// the aborting side, which `rpassword` (restoring only when its read returns) cannot.
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn ctrl_c_at_the_prompt_gives_the_terminal_back_with_echo_on() {
+    let fleet = Fleet::load();
+    let script = format!(
+        // The shell outlives the Ctrl-C (a trap, not an ignore: polyshell gets the default).
+        "trap true INT; {} --ssh-config {} -K -H site256 run --sudo -- true; stty -a | tr ';' '\\n' | grep -w -- '-\\?echo'; echo STTY-DONE",
+        env!("CARGO_BIN_EXE_polyshell"),
+        fleet.ssh_config.display()
+    );
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", &script])
+        .env("NO_COLOR", "1")
+        .env(
+            "POLYSHELL_RUNS_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/runs"),
+        )
+        .env_remove("POLYSHELL_SUDO_PASSWORD");
+    let mut s = Session::spawn(cmd).expect("a pty");
+    s.set_expect_timeout(Some(Duration::from_secs(120)));
+    s.expect("sudo password for agent `default`")
+        .expect("the prompt");
+    s.send([0x03u8]).unwrap(); // Ctrl-C
+    let rest = s.expect("STTY-DONE").expect("stty ran after polyshell");
+    let text = strip_ansi(rest.before());
+    let flags: Vec<&str> = text
+        .split_whitespace()
+        .filter(|w| w.trim_start_matches('-') == "echo")
+        .collect();
+    assert_eq!(
+        flags,
+        ["echo"],
+        "the terminal's echo after the aborted prompt: {text}"
+    );
+}
+
 /// A tmux server of the test's own (its own socket), running one window of `cols` x `rows`.
 struct Tmux {
     socket: std::path::PathBuf,
