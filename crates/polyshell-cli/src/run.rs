@@ -45,6 +45,22 @@ pub(crate) fn log(bytes: &[u8]) {
     }
 }
 
+/// How many SIGINTs this process has had (counted in the handler itself, so none is lost
+/// when several arrive before the runtime looks).
+fn interrupt_count() -> usize {
+    static COUNT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: the handler only does an atomic add, which is async-signal-safe.
+        let _ = unsafe {
+            signal_hook::low_level::register(signal_hook::consts::SIGINT, || {
+                COUNT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+    });
+    COUNT.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 pub async fn execute(plan: Plan, settings: Settings) -> u8 {
     let progress = std::io::stderr().is_terminal()
         && matches!(settings.output, OutputMode::Stream | OutputMode::Gather);
@@ -118,11 +134,16 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
 
     let interrupts = {
         let (batch, reporter, console) = (batch.clone(), reporter.clone(), console.clone());
+        let before = interrupt_count();
         tokio::spawn(async move {
             let mut count = 0;
             while tokio::signal::ctrl_c().await.is_ok() {
-                count += 1;
-                if count == 1 {
+                // Two Ctrl-C close together while this thread was busy wake this task once:
+                // the signal handler's own count says how many there were.
+                let signals = interrupt_count().saturating_sub(before);
+                let first = count == 0;
+                count = signals.max(count + 1);
+                if first {
                     batch.stop();
                     let running = reporter.running_sites();
                     let msg = format!(
@@ -131,7 +152,8 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
                         if running.is_empty() { String::new() } else { format!(": {}", polyshell_sites::range::fold(&running)) }
                     );
                     console.write(ConsoleStream::Stderr, msg.as_bytes());
-                } else {
+                }
+                if count >= 2 && !batch.cancelled() {
                     batch.cancel();
                     console.write(
                         ConsoleStream::Stderr,

@@ -123,6 +123,11 @@ impl Batch {
         self.engine.cancel.cancel();
     }
 
+    /// Whether `cancel` was called.
+    pub fn cancelled(&self) -> bool {
+        self.engine.cancel.is_cancelled()
+    }
+
     /// Whether `stop` (or `cancel`) was called.
     pub fn stopping(&self) -> bool {
         self.engine.stop.is_cancelled()

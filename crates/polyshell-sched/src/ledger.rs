@@ -48,7 +48,8 @@ pub struct Retention {
     pub keep: usize,
     /// No run older than this.
     pub max_age: Duration,
-    /// Output bytes recorded per run; the rest is counted, not kept.
+    /// Bytes of output events recorded per run (as written, JSON); the rest is counted (the
+    /// lines' own bytes), not kept.
     pub output_cap: u64,
 }
 
@@ -351,7 +352,7 @@ pub struct Recorder {
 
 struct RecorderState {
     file: BufWriter<File>,
-    /// Output bytes recorded so far, and dropped past the cap.
+    /// Bytes of output events written so far, and output bytes dropped past the cap.
     output: u64,
     dropped: u64,
     /// A write failed (a full disk): said once, then the record is left as it is.
@@ -385,10 +386,13 @@ impl Recorder {
     }
 
     fn write(&self, state: &mut RecorderState, value: &Value, flush: bool) {
+        self.write_line(state, value.to_string(), flush);
+    }
+
+    fn write_line(&self, state: &mut RecorderState, mut line: String, flush: bool) {
         if state.failed {
             return;
         }
-        let mut line = value.to_string();
         line.push('\n');
         let result = state.file.write_all(line.as_bytes()).and_then(|()| {
             if flush {
@@ -411,18 +415,22 @@ impl EventSink for Recorder {
     fn event(&self, event: Event) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Event::Output { line, .. } = &event {
-            let size = line.len() as u64 + 1;
+            // Past the cap, output is only counted (not even serialized).
+            if state.dropped > 0 {
+                state.dropped += line.len() as u64 + 1;
+                return;
+            }
+            let text = event.to_json().to_string();
+            let size = text.len() as u64 + 1;
             if state.output + size > self.cap {
-                if state.dropped == 0 {
-                    let capped = json!({"event": "record_capped", "output_cap_bytes": self.cap});
-                    self.write(&mut state, &capped, true);
-                }
-                state.dropped += size;
+                let capped = json!({"event": "record_capped", "output_cap_bytes": self.cap});
+                self.write(&mut state, &capped, true);
+                state.dropped += line.len() as u64 + 1;
                 return;
             }
             state.output += size;
             let flush = state.file.buffer().len() >= BLOCK;
-            self.write(&mut state, &event.to_json(), flush);
+            self.write_line(&mut state, text, flush);
             return;
         }
         self.write(&mut state, &event.to_json(), true);
