@@ -134,11 +134,14 @@ fn same(a: &str, b: &str) -> bool {
 
 async fn check_token(
     State(app): State<Arc<App>>,
-    Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     request: Request,
     next: Next,
 ) -> Response {
+    // A query string that does not parse is no token (and no reason to refuse a page).
+    let query = Query::<HashMap<String, String>>::try_from_uri(request.uri())
+        .map(|Query(q)| q)
+        .unwrap_or_default();
     let Some(token) = &app.token else {
         return next.run(request).await;
     };
@@ -252,19 +255,21 @@ struct Follow {
 }
 
 impl Follow {
-    /// Reads what was appended since; complete lines become pending events.
-    fn read_more(&mut self) {
+    /// Reads what was appended since (a piece of it); complete lines become pending events.
+    /// Whether anything was read.
+    fn read_more(&mut self) -> bool {
         use std::io::{Read, Seek, SeekFrom};
         let path = self.run.dir.join("events.jsonl");
         let Ok(mut file) = std::fs::File::open(path) else {
-            return;
+            return false;
         };
         if file.seek(SeekFrom::Start(self.offset)).is_err() {
-            return;
+            return false;
         }
+        // At most 1 MiB a look: a long record is sent in pieces, the thread never held long.
         let mut bytes = Vec::new();
-        if file.read_to_end(&mut bytes).is_err() {
-            return;
+        if file.take(1 << 20).read_to_end(&mut bytes).is_err() {
+            return false;
         }
         self.offset += bytes.len() as u64;
         self.partial.extend_from_slice(&bytes);
@@ -278,6 +283,7 @@ impl Follow {
                 self.pending.push_back(v.to_string());
             }
         }
+        !bytes.is_empty()
     }
 
     /// The next line to send, waiting for the run when there is none yet; `None` at the end.
@@ -293,8 +299,7 @@ impl Follow {
             let finished = tokio::task::spawn_blocking(move || dir.join("summary.json").exists())
                 .await
                 .unwrap_or(false);
-            self.read_more();
-            if !self.pending.is_empty() {
+            if self.read_more() || !self.pending.is_empty() {
                 continue;
             }
             if finished {
