@@ -158,7 +158,8 @@ fn ctrl_c_at_the_prompt_gives_the_terminal_back_with_echo_on() {
     let fleet = Fleet::load();
     let script = format!(
         // The shell outlives the Ctrl-C (a trap, not an ignore: polyshell gets the default).
-        "trap true INT; {} --ssh-config {} -K -H site256 run --sudo -- true; stty -a | tr ';' '\\n' | grep -w -- '-\\?echo'; echo STTY-DONE",
+        // Echo on first (a pty may start without it), as an operator's terminal has it.
+        "trap true INT; stty echo; {} --ssh-config {} -K -H site256 run --sudo -- true; stty -a | tr ';' '\\n' | grep -w -- '-\\?echo'; echo STTY-DONE",
         env!("CARGO_BIN_EXE_polyshell"),
         fleet.ssh_config.display()
     );
