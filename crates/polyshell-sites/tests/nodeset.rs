@@ -249,11 +249,17 @@ fn model(pattern_items: &[(char, String)]) -> BTreeSet<String> {
 
 proptest! {
 
-    /// The in-place comparison sorts exactly as the keys `nodeset -e` order by.
+    /// The in-place comparison and the packed key sort exactly as the keys `nodeset -e`
+    /// order by.
     #[test]
-    fn natural_cmp_agrees_with_sort_key(a in "[a-c0-9.-]{0,8}", b in "[a-c0-9.-]{0,8}") {
+    fn natural_cmp_agrees_with_sort_key(a in "[a-c0-9.%s-]{0,8}", b in "[a-c0-9.%s-]{0,8}") {
         prop_assert_eq!(
             polyshell_sites::range::natural_cmp(&a, &b),
+            polyshell_sites::range::sort_key(&a).cmp(&polyshell_sites::range::sort_key(&b)),
+            "{:?} {:?}", a, b
+        );
+        prop_assert_eq!(
+            polyshell_sites::range::packed_key(&a).cmp(&polyshell_sites::range::packed_key(&b)),
             polyshell_sites::range::sort_key(&a).cmp(&polyshell_sites::range::sort_key(&b)),
             "{:?} {:?}", a, b
         );
