@@ -192,15 +192,7 @@ impl Outcomes {
                     })
                     .unwrap_or_default()
             };
-            let ok = s
-                .get("ok")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_owned))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let ok = strings(s, "ok").unwrap_or_default();
             return Outcomes {
                 summary: Summary {
                     ok,
@@ -327,6 +319,15 @@ fn process_started(pid: i32) -> Option<u64> {
     (hz > 0).then(|| boot + ticks / hz as u64)
 }
 
+/// A list of strings in a JSON object (`argv`, `ok`, `only`); `None` when absent.
+fn strings(map: &Map<String, Value>, key: &str) -> Option<Vec<String>> {
+    map.get(key).and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(|v| v.as_str().map(str::to_owned))
+            .collect()
+    })
+}
+
 /// The run's sites and how many actions each was planned.
 pub fn planned_sites(run: &RunRecord) -> Vec<(String, u64)> {
     run.header
@@ -407,16 +408,7 @@ pub fn show(ledger: &Ledger, id: &str, mode: OutputMode) -> Result<(), CliError>
         .events()
         .map_err(|e| CliError::usage(format!("cannot read the run {}: {e}", run.dir.display())))?;
     let outcomes = Outcomes::of(&run);
-    let argv: Vec<String> = run
-        .header
-        .get("argv")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default();
+    let argv = strings(&run.header, "argv").unwrap_or_default();
     let terminal = Terminal::new(false);
     let console = {
         let terminal = terminal.clone();
@@ -496,18 +488,9 @@ pub struct Rerun {
 /// Polyfile changed since.
 pub fn rerun(ledger: &Ledger, id: &str, failed: bool) -> Result<Rerun, CliError> {
     let run = ledger.find(id).map_err(CliError::usage)?;
-    let argv: Vec<String> = run
-        .header
-        .get("argv")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        })
-        .ok_or_else(|| {
-            CliError::usage(format!("run {}: its record has no command line", run.id))
-        })?;
+    let argv = strings(&run.header, "argv").ok_or_else(|| {
+        CliError::usage(format!("run {}: its record has no command line", run.id))
+    })?;
     let polyfile = run.header.get("polyfile").filter(|v| !v.is_null());
     let path = polyfile
         .and_then(|p| p.get("path"))
@@ -533,12 +516,7 @@ pub fn rerun(ledger: &Ledger, id: &str, failed: bool) -> Result<Rerun, CliError>
             Some(_) => {}
         }
     }
-    let recorded_only: Option<Vec<String>> =
-        run.header.get("only").and_then(Value::as_array).map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect()
-        });
+    let recorded_only = strings(&run.header, "only");
     let only = if failed {
         Some(Outcomes::of(&run).not_ok())
     } else {

@@ -84,6 +84,33 @@ fn overlap(a: &Span, b: &Span) -> bool {
     a.start < b.end && b.start < a.end
 }
 
+/// No two spans of one group (`group` of the site) overlap, and some of different groups do.
+fn apart_within_and_together_across<G: PartialEq>(
+    spans: &[Span],
+    group: impl Fn(&str) -> G,
+    what: &str,
+) {
+    let mut across = 0;
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            if group(&a.site) == group(&b.site) {
+                assert!(
+                    !overlap(a, b),
+                    "{} and {} of one {what} overlapped",
+                    a.site,
+                    b.site
+                );
+            } else if overlap(a, b) {
+                across += 1;
+            }
+        }
+    }
+    assert!(
+        across > 0,
+        "no two {what}s ever ran side by side: {spans:?}"
+    );
+}
+
 /// The most spans running at one moment.
 fn most_at_once(spans: &[Span]) -> usize {
     let mut edges: Vec<(u128, i32)> = spans
@@ -134,22 +161,7 @@ run = "{}"
         "s3" | "s4" => "us",
         _ => "ap",
     };
-    let mut across = 0;
-    for (i, a) in spans.iter().enumerate() {
-        for b in &spans[i + 1..] {
-            if dc(&a.site) == dc(&b.site) {
-                assert!(
-                    !overlap(a, b),
-                    "{} and {} of one dc overlapped",
-                    a.site,
-                    b.site
-                );
-            } else if overlap(a, b) {
-                across += 1;
-            }
-        }
-    }
-    assert!(across > 0, "no two dcs ever ran side by side: {spans:?}");
+    apart_within_and_together_across(&spans, dc, "dc");
     // The summary names the lock that held a site back the longest.
     assert!(
         text(&out.stderr).contains("longest lock wait: `one-per-dc` held s"),
@@ -458,22 +470,7 @@ run = "{}"
     let spans = spans(dir.path());
     assert_eq!(spans.len(), 4);
     let rack = |s: &str| if s == "s1" || s == "s2" { 1 } else { 2 };
-    let mut across = 0;
-    for (i, a) in spans.iter().enumerate() {
-        for b in &spans[i + 1..] {
-            if rack(&a.site) == rack(&b.site) {
-                assert!(
-                    !overlap(a, b),
-                    "{} and {} of one rack overlapped",
-                    a.site,
-                    b.site
-                );
-            } else if overlap(a, b) {
-                across += 1;
-            }
-        }
-    }
-    assert!(across > 0, "racks never ran side by side: {spans:?}");
+    apart_within_and_together_across(&spans, rack, "rack");
     // The kind's own checks are reported like any Polyfile error; the plain binary does not
     // know the kind.
     std::fs::write(
