@@ -34,6 +34,19 @@ pub struct Fleet {
     /// it in process (see `polyshell-shell`'s `ssh/keys.rs`).
     #[serde(default)]
     pub ecdsa_identity: PathBuf,
+    /// Two encrypted keys (ed25519 and ECDSA), authorised like the others; their passphrase
+    /// is [`Fleet::key_passphrase`].
+    #[serde(default)]
+    pub locked_identity: PathBuf,
+    #[serde(default)]
+    pub locked_ecdsa_identity: PathBuf,
+    /// The passphrase of the encrypted keys (throwaway, random per fleet).
+    #[serde(default)]
+    pub key_passphrase: String,
+    /// A user certificate authority's private key (unencrypted), which every sshd trusts
+    /// (`TrustedUserCAKeys`): a key it signs for `user` logs in without being authorised.
+    #[serde(default)]
+    pub user_ca: PathBuf,
     /// known_hosts with the key of every site.
     pub known_hosts: PathBuf,
     /// ssh_config naming every site (`Host site001` ...), the bastion and the proxied site.

@@ -100,6 +100,14 @@ pub fn up(dir: &Path, opts: Options) -> Result<Fleet> {
     keygen(&dir.join("host_rsa"), "rsa", "polyshell-fleet-host-rsa")?;
     keygen(&identity, "ed25519", "polyshell-fleet-client")?;
     keygen(&ecdsa_identity, "ecdsa", "polyshell-fleet-client-ecdsa")?;
+    // Encrypted keys (authorised like the others) and a user certificate authority that
+    // every sshd trusts (TrustedUserCAKeys): for the key and certificate tests.
+    let key_passphrase = random_hex(12)?;
+    let locked = dir.join("id_locked");
+    let locked_ecdsa = dir.join("id_locked_ecdsa");
+    keygen_with(&locked, "ed25519", "polyshell-fleet-locked", &key_passphrase)?;
+    keygen_with(&locked_ecdsa, "ecdsa", "polyshell-fleet-locked-ecdsa", &key_passphrase)?;
+    keygen(&dir.join("user_ca"), "ed25519", "polyshell-fleet-user-ca")?;
     let password = random_hex(12)?;
     let shells = login_shells(dir)?;
     let mut users = vec![(USER.to_owned(), PathBuf::from("/bin/bash"))];
@@ -109,11 +117,20 @@ pub fn up(dir: &Path, opts: Options) -> Result<Fleet> {
             .map(|(name, path)| (shell_user(name), path.clone())),
     );
     for (user, shell) in &users {
-        setup_user(user, shell, &[&identity, &ecdsa_identity], &password)?;
+        setup_user(
+            user,
+            shell,
+            &[&identity, &ecdsa_identity, &locked, &locked_ecdsa],
+            &password,
+        )?;
     }
     setup_sudo(&users)?;
 
-    let result = start(dir, opts, &shells, &host_key, &identity, &password);
+    let secrets = Secrets {
+        password: &password,
+        key_passphrase: &key_passphrase,
+    };
+    let result = start(dir, opts, &shells, &host_key, &identity, secrets);
     if result.is_err() {
         // Leave nothing behind: a half-started fleet is taken down again.
         if let Err(err) = down(dir) {
@@ -121,6 +138,13 @@ pub fn up(dir: &Path, opts: Options) -> Result<Fleet> {
         }
     }
     result
+}
+
+/// The fleet's throwaway secrets: the test users' password and the encrypted keys' passphrase.
+#[derive(Clone, Copy)]
+struct Secrets<'a> {
+    password: &'a str,
+    key_passphrase: &'a str,
 }
 
 fn shell_user(shell: &str) -> String {
@@ -169,7 +193,7 @@ fn start(
     shells: &[(String, PathBuf)],
     host_key: &Path,
     identity: &Path,
-    password: &str,
+    secrets: Secrets,
 ) -> Result<Fleet> {
     let n = opts.sites;
     let penalties = supports_per_source_penalties(dir, host_key)?;
@@ -211,9 +235,13 @@ fn start(
     let mut fleet = Fleet {
         dir: dir.to_path_buf(),
         user: USER.into(),
-        password: password.into(),
+        password: secrets.password.into(),
         identity: identity.to_path_buf(),
         ecdsa_identity: dir.join("id_ecdsa"),
+        locked_identity: dir.join("id_locked"),
+        locked_ecdsa_identity: dir.join("id_locked_ecdsa"),
+        key_passphrase: secrets.key_passphrase.into(),
+        user_ca: dir.join("user_ca"),
         known_hosts: dir.join("known_hosts"),
         ssh_config: dir.join("ssh_config"),
         sites: Vec::new(),
@@ -295,7 +323,7 @@ fn start(
                 log_level,
                 penalties,
                 *kind,
-            ),
+            ) + &format!("TrustedUserCAKeys {}\n", dir.join("user_ca.pub").display()),
         )?;
         check_sshd_config(&config)?;
         configs.push((config, log));
@@ -746,8 +774,12 @@ pub fn status(dir: &Path) -> Result<bool> {
 }
 
 fn keygen(path: &Path, kind: &str, comment: &str) -> Result<()> {
+    keygen_with(path, kind, comment, "")
+}
+
+fn keygen_with(path: &Path, kind: &str, comment: &str, passphrase: &str) -> Result<()> {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", kind, "-N", "", "-C", comment, "-f"])
+        .args(["-q", "-t", kind, "-N", passphrase, "-C", comment, "-f"])
         .arg(path)
         .status()
         .context("running ssh-keygen")?;

@@ -1,6 +1,6 @@
 //! The password agent: one sudo password cache shared by the sites configured to share it.
 
-use crate::prompter::{PromptError, PromptRequest, Prompter};
+use crate::prompter::{PromptError, PromptKind, PromptRequest, Prompter};
 use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use std::sync::{Arc, Mutex};
@@ -196,6 +196,7 @@ impl PasswordAgent {
             agent: self.name.clone(),
             site: site.to_owned(),
             attempt,
+            kind: PromptKind::SudoPassword,
         };
         // If this future is dropped mid-prompt, the guard lets the waiters go on.
         let mut guard = PromptingGuard {

@@ -5,7 +5,10 @@
 //!   wait, a rejection dropped once, three tries).
 //! - [`Prompter`]: where answers come from — [`TerminalPrompter`] (silent, on `/dev/tty`),
 //!   [`ScriptedPrompter`] (tests), [`StaticPrompter`] (environment or file, never retried),
-//!   [`NoPrompter`] (fails fast, for runs with no terminal and no source).
+//!   [`NoPrompter`] (fails fast, for runs with no terminal and no source), [`AskpassPrompter`]
+//!   (an `SSH_ASKPASS` program, by OpenSSH's rules).
+//! - The same prompters ask for the passphrases of encrypted SSH keys ([`PromptKind`]);
+//!   `polyshell-shell`'s `KeyPassphrases` keeps each answer for the run.
 //! - [`Console`]: holds live output back while a prompt is on screen.
 //!
 //! Secrets are [`secrecy::SecretString`]s, zeroized on drop. They are exposed at exactly one
@@ -37,7 +40,7 @@ mod tty;
 pub use agent::{AgentError, Password, PasswordAgent, MAX_TRIES};
 pub use console::{Console, ConsoleStream, PromptHold};
 pub use prompter::{
-    NoPrompter, PromptError, PromptRequest, Prompter, ScriptedPrompter, StaticPrompter,
-    TerminalPrompter,
+    AskpassPrompter, NoPrompter, PromptError, PromptKind, PromptRequest, Prompter,
+    ScriptedPrompter, StaticPrompter, TerminalPrompter,
 };
 pub use secrecy::SecretString;

@@ -7,15 +7,50 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+/// What is asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PromptKind {
+    /// A sudo password for the agent named in the request (the default).
+    #[default]
+    SudoPassword,
+    /// The passphrase of the encrypted private key file `key` (shown as the user gave it).
+    KeyPassphrase { key: String },
+}
+
 /// What the agent asks for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PromptRequest {
-    /// The agent's name.
+    /// The agent's name (for a key passphrase: the key file).
     pub agent: String,
     /// The site that needs the password ("" when asked up front).
     pub site: String,
     /// 1 for the first answer, 2 after one was rejected, ...
     pub attempt: u32,
+    /// A sudo password or a key's passphrase.
+    pub kind: PromptKind,
+}
+
+impl PromptRequest {
+    /// The question as a person reads it, without decoration: `sudo password for agent
+    /// `ops` (asked by web01, try 2)`, `passphrase for key ~/.ssh/id_ed25519 (asked by web01)`.
+    pub fn question(&self) -> String {
+        let what = match &self.kind {
+            PromptKind::SudoPassword => format!("sudo password for agent `{}`", self.agent),
+            PromptKind::KeyPassphrase { key } => format!("passphrase for key {key}"),
+        };
+        let mut notes = Vec::new();
+        if !self.site.is_empty() {
+            notes.push(format!("asked by {}", self.site));
+        }
+        if self.attempt > 1 {
+            notes.push(format!("try {}", self.attempt));
+        }
+        if notes.is_empty() {
+            what
+        } else {
+            format!("{what} ({})", notes.join(", "))
+        }
+    }
 }
 
 /// Why a prompter gave no answer.
@@ -171,23 +206,8 @@ impl Prompter for TerminalPrompter {
         static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _turn = ONE_AT_A_TIME.lock().await;
         let _hold = self.console.as_ref().map(Console::begin_prompt);
-        let text = match (request.site.is_empty(), request.attempt) {
-            (true, 1) => format!("[polyshell] sudo password for agent `{}`: ", request.agent),
-            (true, n) => format!(
-                "[polyshell] sudo password for agent `{}` (try {n}): ",
-                request.agent
-            ),
-            (false, 1) => format!(
-                "[polyshell] sudo password for agent `{}` (asked by {}): ",
-                request.agent, request.site
-            ),
-            (false, n) => format!(
-                "[polyshell] sudo password for agent `{}` (asked by {}, try {n}): ",
-                request.agent, request.site
-            ),
-        };
         // The prompt starts on a cleared line: the progress line drawn there goes.
-        let text = format!("\r\x1b[2K{text}");
+        let text = format!("\r\x1b[2K[polyshell] {}: ", request.question());
         let tty = crate::tty::Tty::open()
             .map_err(|e| PromptError::Unavailable(format!("no terminal to ask on: {e}")))?;
         let restore = tty.restorer();
@@ -200,6 +220,95 @@ impl Prompter for TerminalPrompter {
             },
             _ = tokio::signal::ctrl_c() => {
                 restore.restore();
+                Err(PromptError::Aborted)
+            }
+        }
+    }
+}
+
+/// Asks through an `SSH_ASKPASS` program, as OpenSSH does: the program gets the question as
+/// its only argument and prints the answer on its standard output; a non-zero exit means the
+/// user cancelled. See [`AskpassPrompter::from_env`] for when OpenSSH (and Polyshell) use one.
+pub struct AskpassPrompter {
+    program: std::path::PathBuf,
+}
+
+impl AskpassPrompter {
+    /// A prompter running `program`.
+    pub fn new(program: impl Into<std::path::PathBuf>) -> AskpassPrompter {
+        AskpassPrompter {
+            program: program.into(),
+        }
+    }
+
+    /// The prompter OpenSSH's rules choose from the environment, if any: `SSH_ASKPASS` names
+    /// the program; `SSH_ASKPASS_REQUIRE=force` always uses it, `prefer` uses it when a
+    /// display is set (`DISPLAY` or `WAYLAND_DISPLAY`), `never` never does; otherwise it is
+    /// used when there is no terminal and a display is set.
+    pub fn from_env() -> Option<AskpassPrompter> {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        let program = var("SSH_ASKPASS")?;
+        let display = var("DISPLAY").is_some() || var("WAYLAND_DISPLAY").is_some();
+        let require = var("SSH_ASKPASS_REQUIRE")
+            .map(|v| v.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
+        let wanted = match require.as_str() {
+            "force" => true,
+            "prefer" => display,
+            "never" => false,
+            _ => display && !TerminalPrompter::available(),
+        };
+        wanted.then(|| AskpassPrompter::new(program))
+    }
+
+    /// The program, for messages.
+    pub fn program(&self) -> &std::path::Path {
+        &self.program
+    }
+}
+
+#[async_trait]
+impl Prompter for AskpassPrompter {
+    async fn ask(&self, request: &PromptRequest) -> Result<SecretString, PromptError> {
+        use secrecy::zeroize::Zeroizing;
+        use std::io::Read;
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _turn = ONE_AT_A_TIME.lock().await;
+        let program = self.program.display().to_string();
+        let mut child = std::process::Command::new(&self.program)
+            .arg(format!("{}: ", request.question()))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                PromptError::Unavailable(format!("cannot run SSH_ASKPASS {program}: {e}"))
+            })?;
+        let pid = child.id();
+        let mut stdout = child.stdout.take();
+        let read = tokio::task::spawn_blocking(move || {
+            let mut answer = Zeroizing::new(Vec::new());
+            if let Some(out) = stdout.as_mut() {
+                out.read_to_end(&mut answer)?;
+            }
+            child.wait().map(|status| (status, answer))
+        });
+        tokio::select! {
+            done = read => match done {
+                Ok(Ok((status, answer))) if status.success() => {
+                    let end = answer.iter().position(|&b| b == b'\n' || b == b'\r').unwrap_or(answer.len());
+                    let text = std::str::from_utf8(&answer[..end]).map_err(|_| {
+                        PromptError::Unavailable(format!("SSH_ASKPASS {program} printed an answer that is not UTF-8"))
+                    })?;
+                    Ok(SecretString::from(text.to_owned()))
+                }
+                Ok(Ok(_)) => Err(PromptError::Aborted),
+                Ok(Err(e)) => Err(PromptError::Unavailable(format!("SSH_ASKPASS {program}: {e}"))),
+                Err(_) => Err(PromptError::Aborted),
+            },
+            _ = tokio::signal::ctrl_c() => {
+                // SAFETY: plain kill(2) of the child we started (not yet reaped: the blocking
+                // task reaps it once it exits).
+                unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
                 Err(PromptError::Aborted)
             }
         }

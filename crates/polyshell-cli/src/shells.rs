@@ -5,7 +5,7 @@ use polyshell_auth::{
     Console, NoPrompter, PasswordAgent, Prompter, StaticPrompter, TerminalPrompter,
 };
 use polyshell_sched::ShellFactory;
-use polyshell_shell::{HostKeyPolicy, Shell, SshOptions};
+use polyshell_shell::{HostKeyPolicy, KeyPassphrases, Shell, SshOptions};
 use polyshell_sites::Site;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +30,8 @@ pub struct CliShells {
     settings: ShellSettings,
     prompter: Arc<dyn Prompter>,
     agents: Mutex<HashMap<String, Arc<PasswordAgent>>>,
+    /// Passphrases of encrypted keys: each asked once for the run.
+    passphrases: Arc<KeyPassphrases>,
 }
 
 impl CliShells {
@@ -39,7 +41,7 @@ impl CliShells {
         } else if std::env::var_os(PASSWORD_ENV).is_some() {
             Arc::new(StaticPrompter::from_env(PASSWORD_ENV))
         } else if TerminalPrompter::available() {
-            Arc::new(TerminalPrompter::new(console))
+            Arc::new(TerminalPrompter::new(console.clone()))
         } else {
             Arc::new(NoPrompter {
                 hint: format!(
@@ -51,6 +53,8 @@ impl CliShells {
             settings,
             prompter,
             agents: Mutex::default(),
+            // Key passphrases as OpenSSH asks them, holding live output while asking.
+            passphrases: KeyPassphrases::from_environment_with(console),
         }
     }
 
@@ -84,6 +88,7 @@ impl ShellFactory for CliShells {
                         .map_err(err)?
                         .or(self.settings.connect_timeout);
                     opts.proxy_jump = site.proxy_jump().map_err(err)?.map(str::to_owned);
+                    opts.passphrases = Some(self.passphrases.clone());
                     Shell::with_ssh(opts)
                 }
                 Some(program) => {

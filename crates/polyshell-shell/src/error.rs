@@ -50,6 +50,18 @@ pub enum ErrorKind {
         fingerprint: String,
         known_hosts: String,
     },
+    #[error("THE HOST KEY OF {host} IS REVOKED ({fingerprint}): an @revoked line in {known_hosts} lists it, and it is never accepted. The host may be compromised, or is still using a key that was retired")]
+    HostKeyRevoked {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
+    #[error("the host key of {host} ({fingerprint}) is vouched for only by an @cert-authority line in {known_hosts}, and polyshell's SSH library (libssh2) cannot check host certificates: add the host's own key to known_hosts (ssh-keyscan), or reach the site with the system ssh (site option ssh = \"ssh\")")]
+    HostCertificate {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
     #[error("authentication as `{user}` on {host} failed; tried {tried} (password login is not supported)")]
     AuthFailed {
         user: String,

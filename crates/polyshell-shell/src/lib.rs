@@ -43,7 +43,7 @@ pub use error::{ErrorKind, ShellError};
 pub use output::{
     signal_number, ExitStatus, Line, Output, OutputSink, Stream, DEFAULT_CAPTURE_LIMIT, MAX_LINE,
 };
-pub use ssh::{flush_terminations, HostKeyPolicy, SshOptions};
+pub use ssh::{flush_terminations, HostKeyPolicy, KeyPassphrases, SshOptions};
 
 use async_trait::async_trait;
 use polyshell_auth::{NoPrompter, PasswordAgent, TerminalPrompter};

@@ -3,14 +3,12 @@
 
 use super::cache::FileCache;
 use super::driver::{retry, Connection, Driver, OpenKind, Request, SocketFd, STDIN_CREDIT};
-use super::keys;
 use super::target::{HostKeyPolicy, Target};
 use crate::error::ErrorKind;
 use crate::process::ProcEvent;
 use base64::Engine;
 use ssh2::{CheckResult, HashType, KnownHostFileKind, MethodType, Session};
 use std::collections::HashMap;
-use std::ffi::CString;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -27,7 +25,10 @@ pub(crate) async fn connect(
     via: Option<&Connection>,
 ) -> Result<Connection, ErrorKind> {
     let (fd, session) = session(target, via).await?;
-    session.set_keepalive(true, target.keepalive.as_secs().max(1) as u32);
+    match target.keepalive {
+        Some(interval) => session.set_keepalive(true, interval.as_secs().max(1) as u32),
+        None => session.set_keepalive(false, 0),
+    }
     let (tx, rx) = mpsc::unbounded_channel();
     let wake = Arc::new(Notify::new());
     let alive = Arc::new(AtomicBool::new(true));
@@ -37,7 +38,7 @@ pub(crate) async fn connect(
         session,
         fd,
         host: target.alias.clone(),
-        keepalive: Some(target.keepalive),
+        keepalive: target.keepalive,
         rx,
         wake: wake.clone(),
         alive: alive.clone(),
@@ -116,8 +117,8 @@ async fn establish(
     // of the pair drops the AsyncFd first (tuple order, field order in Driver).
     let fd = unsafe { AsyncFd::register(SocketFd(raw_fd)) }.map_err(std::io::Error::from)?;
 
-    let known_lines = candidate_lines(target);
-    let known_types = known_key_types(&known_lines, target);
+    let known = candidate_lines(target);
+    let known_types = known_key_types(&known.lines, target);
     if !known_types.is_empty() {
         // libssh2 compares against keys of any type: offer only the types we know for this
         // host, or a host recorded with ed25519 "mismatches" when RSA is negotiated.
@@ -130,8 +131,8 @@ async fn establish(
             addr: addr.clone(),
             reason: e.message().to_owned(),
         })?;
-    verify_host_key(&session, target, &known_lines)?;
-    authenticate(&session, &fd, target).await?;
+    verify_host_key(&session, target, &known)?;
+    super::auth::authenticate(&session, &fd, target).await?;
     tracing::debug!(host = %target.alias, addr = %addr, user = %target.user, "connected");
     Ok((fd, session))
 }
@@ -205,6 +206,10 @@ struct KnownHosts {
     by_host: HashMap<String, Vec<(usize, Arc<str>)>>,
     /// Hashed and wildcard entries, which only libssh2 can match: (line number, line).
     general: Vec<(usize, Arc<str>)>,
+    /// `@revoked` lines, the marker taken off: a key they list is refused for their hosts.
+    revoked: Vec<Arc<str>>,
+    /// `@cert-authority` lines, the marker taken off.
+    authorities: Vec<Arc<str>>,
 }
 
 impl KnownHosts {
@@ -214,7 +219,16 @@ impl KnownHosts {
             let Some(hosts) = line.split_whitespace().next() else {
                 continue;
             };
-            if hosts.starts_with('#') || hosts.starts_with('@') {
+            if hosts.starts_with('#') {
+                continue;
+            }
+            if let Some(marker) = hosts.strip_prefix('@') {
+                let rest: Arc<str> = line.trim_start()[hosts.len()..].trim_start().into();
+                match marker {
+                    "revoked" => index.revoked.push(rest),
+                    "cert-authority" => index.authorities.push(rest),
+                    _ => {}
+                }
                 continue;
             }
             let line: Arc<str> = line.into();
@@ -246,21 +260,51 @@ impl KnownHosts {
     }
 }
 
-/// The known_hosts lines that may concern this host: plain entries naming it, and every
-/// hashed or wildcard entry (only libssh2 can tell whether those match). Files are read and
-/// indexed once per run (cached by path and modification time), not once per site.
-fn candidate_lines(target: &Target) -> Vec<Arc<str>> {
+/// What the known_hosts files say that may concern one host.
+#[derive(Default)]
+struct Known {
+    /// Plain entries naming the host, and every hashed or wildcard entry (only libssh2 can
+    /// tell whether those match).
+    lines: Vec<Arc<str>>,
+    /// `@revoked` entries (marker taken off).
+    revoked: Vec<Arc<str>>,
+    /// `@cert-authority` entries (marker taken off).
+    authorities: Vec<Arc<str>>,
+}
+
+/// The known_hosts entries that may concern this host. Files are read and indexed once per
+/// run (cached by path and modification time), not once per site.
+fn candidate_lines(target: &Target) -> Known {
     static CACHE: FileCache<KnownHosts> = FileCache::new();
     let wanted = host_label(target);
-    let mut out = Vec::new();
+    let mut out = Known::default();
     for file in &target.known_hosts {
         if let Ok(index) = CACHE.get(file, |file| {
             std::fs::read_to_string(file).map(|text| KnownHosts::parse(&text))
         }) {
-            out.extend(index.candidates(&wanted));
+            out.lines.extend(index.candidates(&wanted));
+            out.revoked.extend(index.revoked.iter().cloned());
+            out.authorities.extend(index.authorities.iter().cloned());
         }
     }
     out
+}
+
+/// What libssh2 says of `key` for the host against these entries alone.
+fn check_against(
+    session: &Session,
+    target: &Target,
+    lines: &[Arc<str>],
+    key: &[u8],
+) -> Result<CheckResult, ErrorKind> {
+    let mut known = session.known_hosts().map_err(|e| ErrorKind::Handshake {
+        addr: target.addr(),
+        reason: e.to_string(),
+    })?;
+    for line in lines {
+        let _ = known.read_str(line, KnownHostFileKind::OpenSSH);
+    }
+    Ok(known.check_port(&target.hostname, target.port, key))
 }
 
 /// `host` on port 22, `[host]:port` otherwise, as known_hosts writes it.
@@ -303,11 +347,38 @@ fn fingerprint(session: &Session) -> String {
     }
 }
 
-fn verify_host_key(
+/// Whether an `@cert-authority` line names this host: each line's host patterns are checked
+/// by libssh2 against the server's own key put in place of the CA key (libssh2 matches hosts
+/// only together with a key of the same type).
+fn authority_names(
     session: &Session,
     target: &Target,
-    lines: &[Arc<str>],
-) -> Result<(), ErrorKind> {
+    authorities: &[Arc<str>],
+    key: &[u8],
+) -> Result<bool, ErrorKind> {
+    if authorities.is_empty() {
+        return Ok(false);
+    }
+    let Some(type_name) = key
+        .get(..4)
+        .and_then(|len| key.get(4..4 + u32::from_be_bytes(len.try_into().ok()?) as usize))
+        .and_then(|name| std::str::from_utf8(name).ok())
+    else {
+        return Ok(false);
+    };
+    let encoded = base64::engine::general_purpose::STANDARD.encode(key);
+    let lines: Vec<Arc<str>> = authorities
+        .iter()
+        .filter_map(|line| line.split_whitespace().next())
+        .map(|patterns| format!("{patterns} {type_name} {encoded}").into())
+        .collect();
+    Ok(matches!(
+        check_against(session, target, &lines, key)?,
+        CheckResult::Match
+    ))
+}
+
+fn verify_host_key(session: &Session, target: &Target, known: &Known) -> Result<(), ErrorKind> {
     let files = target
         .known_hosts
         .iter()
@@ -327,14 +398,32 @@ fn verify_host_key(
         addr: target.addr(),
         reason: "the server sent no host key".into(),
     })?;
-    let mut known = session.known_hosts().map_err(|e| ErrorKind::Handshake {
-        addr: target.addr(),
-        reason: e.to_string(),
-    })?;
-    for line in lines {
-        let _ = known.read_str(line, KnownHostFileKind::OpenSSH);
+    // A revoked key is refused whatever the policy says of unknown keys (but `off`).
+    if !known.revoked.is_empty()
+        && matches!(
+            check_against(session, target, &known.revoked, key)?,
+            CheckResult::Match
+        )
+    {
+        return Err(ErrorKind::HostKeyRevoked {
+            host: host_label,
+            fingerprint: fingerprint(session),
+            known_hosts: files,
+        });
     }
-    match known.check_port(&target.hostname, target.port, key) {
+    let verdict = check_against(session, target, &known.lines, key)?;
+    if matches!(verdict, CheckResult::NotFound | CheckResult::Failure)
+        && authority_names(session, target, &known.authorities, key)?
+    {
+        // A certificate authority vouches for this host, but libssh2 cannot check host
+        // certificates: say so rather than "unknown key" (or recording it under accept-new).
+        return Err(ErrorKind::HostCertificate {
+            host: host_label,
+            fingerprint: fingerprint(session),
+            known_hosts: files,
+        });
+    }
+    match verdict {
         CheckResult::Match => Ok(()),
         CheckResult::Mismatch => Err(ErrorKind::HostKeyChanged {
             host: host_label,
@@ -385,69 +474,6 @@ fn append(file: &Path, line: &str) -> std::io::Result<()> {
     f.write_all(line.as_bytes())
 }
 
-async fn authenticate(
-    session: &Session,
-    fd: &AsyncFd<SocketFd>,
-    target: &Target,
-) -> Result<(), ErrorKind> {
-    let user = target.user.as_str();
-    let mut tried = Vec::new();
-    if !target.identities_only && std::env::var_os("SSH_AUTH_SOCK").is_some() {
-        if let Ok(mut agent) = session.agent() {
-            if agent.connect().is_ok() && agent.list_identities().is_ok() {
-                let identities = agent.identities().unwrap_or_default();
-                tried.push(format!("ssh-agent ({} keys)", identities.len()));
-                for identity in identities {
-                    if retry(session, fd, || agent.userauth(user, &identity))
-                        .await
-                        .is_ok()
-                    {
-                        let _ = agent.disconnect();
-                        return Ok(());
-                    }
-                }
-                let _ = agent.disconnect();
-            }
-        }
-    }
-    for key in &target.identities {
-        if !key.exists() {
-            continue;
-        }
-        tried.push(key.display().to_string());
-        tracing::trace!(host = %target.alias, key = %key.display(), "trying public key");
-        let in_process = keys::in_process(key);
-        let outcome = match (*in_process).as_ref() {
-            Some(signer) => {
-                let user = CString::new(user).map_err(|_| ErrorKind::AuthFailed {
-                    user: user.to_owned(),
-                    host: target.addr(),
-                    tried: "no key: the user name has a NUL byte".into(),
-                })?;
-                retry(session, fd, || signer.userauth(session, &user)).await
-            }
-            None => {
-                retry(session, fd, || {
-                    session.userauth_pubkey_file(user, None, key, None)
-                })
-                .await
-            }
-        };
-        if outcome.is_ok() && session.authenticated() {
-            return Ok(());
-        }
-    }
-    Err(ErrorKind::AuthFailed {
-        user: user.to_owned(),
-        host: target.addr(),
-        tried: if tried.is_empty() {
-            "no key (no ssh-agent, no identity file found)".into()
-        } else {
-            tried.join(", ")
-        },
-    })
-}
-
 /// A credit pool for one channel's stdin.
 pub(crate) fn new_credit() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(STDIN_CREDIT))
@@ -480,5 +506,7 @@ mod tests {
         assert_eq!(keys("[web1]:2222"), ["AAAA2", "AAAA3", "AAAA5"]);
         assert_eq!(keys("web2"), ["AAAA2", "AAAA5", "AAAA6"]);
         assert_eq!(keys("unknown"), ["AAAA2", "AAAA5"]);
+        assert_eq!(&*index.revoked[0], "web1 ssh-ed25519 AAAA4");
+        assert!(index.authorities.is_empty());
     }
 }

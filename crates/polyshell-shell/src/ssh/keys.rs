@@ -1,56 +1,150 @@
-//! Public key authentication with the private key parsed once per run and signed with in
-//! process.
+//! Private key files: read and parsed once per run, signed with in process where we can.
 //!
 //! `userauth_pubkey_file` makes libssh2 decode the key file again for every connection, and
 //! with OpenSSL 3 that decode (every decoder tried in turn before libssh2's own OpenSSH-format
-//! parser) was over half of the client's CPU time per site. Instead, an unencrypted ed25519
-//! key (the kind `ssh-keygen` makes by default) is parsed once and libssh2's callback
-//! interface (`libssh2_userauth_publickey`) asks us for each signature. Any other key
-//! (encrypted, RSA, ECDSA, security keys) still goes through libssh2's file authentication.
+//! parser) was over half of the client's CPU time per site. Instead, an ed25519 key (the kind
+//! `ssh-keygen` makes by default) is parsed once and libssh2's callback interface
+//! (`libssh2_userauth_publickey`) asks us for each signature. Other unencrypted keys (RSA,
+//! ECDSA) go through libssh2's file authentication; other keys once decrypted, through
+//! libssh2's in-memory authentication.
 //!
-//! The key stays in this process's memory for the run, zeroed on drop; it is never logged.
+//! An encrypted OpenSSH-format key is decrypted once per run, with the passphrase asked by
+//! [`KeyPassphrases`](super::auth::KeyPassphrases). Before asking, the server is asked whether
+//! it would take the key at all (the public half is in the clear), as OpenSSH does: a key the
+//! server does not want costs no prompt.
+//!
+//! Keys stay in this process's memory for the run, zeroed on drop; they are never logged.
 
 use super::cache::FileCache;
 use ed25519_dalek::{Signer, SigningKey};
 use ssh2::Session;
 use ssh_key::private::KeypairData;
+use ssh_key::{LineEnding, PrivateKey};
+use std::cell::Cell;
 use std::convert::Infallible;
 use std::ffi::{c_char, c_int, c_uchar, c_void, CString};
 use std::path::Path;
 use std::sync::Arc;
+use zeroize::Zeroizing;
 
-/// A private key this process signs with itself.
-pub(crate) struct InProcessKey {
-    /// The public key in SSH wire encoding (`string "ssh-ed25519", string key`).
-    public: Vec<u8>,
-    signing: SigningKey,
+/// What a private key file holds, as far as authentication cares.
+pub(crate) enum KeyFile {
+    /// There is no such file.
+    Missing,
+    /// The file cannot be read (the reason).
+    Unreadable(String),
+    /// An OpenSSH-format key: its public half (wire encoding, always readable), and the key
+    /// itself, encrypted or not.
+    OpenSsh {
+        public: Vec<u8>,
+        key: Box<PrivateKey>,
+    },
+    /// Another format (PEM, PKCS#8), left to libssh2; `encrypted` when its header says so.
+    Legacy { encrypted: bool },
 }
 
-/// The in-process form of the key at `path`, if it has one (see the module docs); `None`
-/// also for a file that cannot be read, which libssh2 then reports.
-pub(crate) fn in_process(path: &Path) -> Arc<Option<InProcessKey>> {
-    static CACHE: FileCache<Option<InProcessKey>> = FileCache::new();
-    let loaded = CACHE.get(path, |path| {
-        Ok::<_, Infallible>(std::fs::read(path).ok().and_then(|bytes| parse(&bytes)))
-    });
+impl KeyFile {
+    /// The public key in wire encoding, when the file gives it without a passphrase (the
+    /// OpenSSH format does; for others, the `.pub` file beside it).
+    pub(crate) fn public(&self, path: &Path) -> Option<Vec<u8>> {
+        match self {
+            KeyFile::OpenSsh { public, .. } => Some(public.clone()),
+            KeyFile::Legacy { .. } => public_file(&super::auth::suffixed(path, ".pub")),
+            _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    fn encrypted(&self) -> bool {
+        match self {
+            KeyFile::OpenSsh { key, .. } => key.is_encrypted(),
+            KeyFile::Legacy { encrypted } => *encrypted,
+            _ => false,
+        }
+    }
+}
+
+/// The wire encoding of the public key (or certificate) in an OpenSSH `.pub` file.
+pub(crate) fn public_file(path: &Path) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let text = std::fs::read_to_string(path).ok()?;
+    let blob = text.split_whitespace().nth(1)?;
+    base64::engine::general_purpose::STANDARD.decode(blob).ok()
+}
+
+/// The key file at `path`, read once per run (cached by path and modification time).
+pub(crate) fn load(path: &Path) -> Arc<KeyFile> {
+    static CACHE: FileCache<KeyFile> = FileCache::new();
+    let loaded = CACHE.get(path, |path| Ok::<_, Infallible>(read(path)));
     match loaded {
         Ok(key) => key,
         Err(never) => match never {},
     }
 }
 
-fn parse(bytes: &[u8]) -> Option<InProcessKey> {
-    let key = ssh_key::PrivateKey::from_openssh(bytes).ok()?;
-    if key.is_encrypted() {
-        return None;
-    }
-    let KeypairData::Ed25519(pair) = key.key_data() else {
-        return None;
+fn read(path: &Path) -> KeyFile {
+    let bytes = match std::fs::read(path) {
+        Ok(bytes) => Zeroizing::new(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return KeyFile::Missing,
+        Err(e) => return KeyFile::Unreadable(e.to_string()),
     };
-    Some(InProcessKey {
-        public: key.public_key().to_bytes().ok()?,
-        signing: SigningKey::from(&pair.private),
-    })
+    match PrivateKey::from_openssh(&*bytes) {
+        Ok(key) => match key.public_key().to_bytes() {
+            Ok(public) => KeyFile::OpenSsh {
+                public,
+                key: Box::new(key),
+            },
+            Err(e) => KeyFile::Unreadable(format!("its public key cannot be encoded: {e}")),
+        },
+        Err(_) => {
+            let text = String::from_utf8_lossy(&bytes);
+            KeyFile::Legacy {
+                encrypted: text.contains("Proc-Type: 4,ENCRYPTED")
+                    || text.contains("BEGIN ENCRYPTED PRIVATE KEY"),
+            }
+        }
+    }
+}
+
+/// A key ready to sign with: decrypted, in this process.
+pub(crate) enum Unlocked {
+    /// ed25519: signed here.
+    Ed25519(SigningKey),
+    /// Another kind, handed to libssh2 from memory in OpenSSH format.
+    Pem(Zeroizing<String>),
+}
+
+impl Unlocked {
+    /// The usable form of an unencrypted (or decrypted) OpenSSH-format key.
+    pub(crate) fn from_key(key: &PrivateKey) -> Result<Unlocked, String> {
+        match key.key_data() {
+            KeypairData::Ed25519(pair) => Ok(Unlocked::Ed25519(SigningKey::from(&pair.private))),
+            _ => key
+                .to_openssh(LineEnding::LF)
+                .map(Unlocked::Pem)
+                .map_err(|e| format!("cannot re-encode the decrypted key: {e}")),
+        }
+    }
+}
+
+/// `key` decrypted with `passphrase`; `Err(None)` for a wrong passphrase.
+pub(crate) fn decrypt(key: &PrivateKey, passphrase: &[u8]) -> Result<Unlocked, Option<String>> {
+    match key.decrypt(passphrase) {
+        Ok(plain) => Unlocked::from_key(&plain).map_err(Some),
+        Err(ssh_key::Error::Crypto) => Err(None),
+        Err(e) => Err(Some(format!("cannot decrypt: {e}"))),
+    }
+}
+
+/// The in-process signer of an unencrypted ed25519 OpenSSH key file, if it is one.
+pub(crate) fn plain_ed25519(file: &KeyFile) -> Option<SigningKey> {
+    match file {
+        KeyFile::OpenSsh { key, .. } if !key.is_encrypted() => match key.key_data() {
+            KeypairData::Ed25519(pair) => Some(SigningKey::from(&pair.private)),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 type SignCallback = unsafe extern "C" fn(
@@ -75,11 +169,19 @@ extern "C" {
     ) -> c_int;
 }
 
-const LIBSSH2_ERROR_ALLOC: c_int = -6;
+const LIBSSH2_ERROR_ALLOC: c_int = libssh2_sys::LIBSSH2_ERROR_ALLOC;
 
-/// libssh2's signing callback: signs `data` with the `SigningKey` that `*abstract_` points
-/// to, into a buffer from `malloc` (libssh2 frees it with its default allocator, `free`,
-/// which `ssh2` sessions use).
+/// What the signing callback gets: the key to sign with (none: only find out whether the
+/// server would take the public key), and whether it was asked.
+struct SignContext<'a> {
+    key: Option<&'a SigningKey>,
+    asked: Cell<bool>,
+}
+
+/// libssh2's signing callback: signs `data` with the key of the `SignContext` that
+/// `*abstract_` points to, into a buffer from `malloc` (libssh2 frees it with its default
+/// allocator, `free`, which `ssh2` sessions use). libssh2 calls it only once the server has
+/// said it would accept the public key.
 unsafe extern "C" fn sign(
     _session: *mut c_void,
     sig: *mut *mut c_uchar,
@@ -88,9 +190,13 @@ unsafe extern "C" fn sign(
     data_len: usize,
     abstract_: *mut *mut c_void,
 ) -> c_int {
-    // SAFETY: `authenticate` passes a pointer to a live SigningKey, and libssh2 passes the
+    // SAFETY: `userauth` passes a pointer to a live SignContext, and libssh2 passes the
     // data it wants signed with its length.
-    let key = unsafe { &*(*abstract_ as *const SigningKey) };
+    let context = unsafe { &*(*abstract_ as *const SignContext) };
+    context.asked.set(true);
+    let Some(key) = context.key else {
+        return -1;
+    };
     let data = unsafe { std::slice::from_raw_parts(data, data_len) };
     let signature = key.sign(data).to_bytes();
     // SAFETY: a plain allocation, filled below before libssh2 reads it.
@@ -107,33 +213,44 @@ unsafe extern "C" fn sign(
     0
 }
 
-impl InProcessKey {
-    /// One step of public key authentication as `user` (non-blocking: `EAGAIN` means call
-    /// again when the socket is ready, with the same arguments).
-    pub(crate) fn userauth(&self, session: &Session, user: &CString) -> Result<(), ssh2::Error> {
-        let rc = {
-            let mut raw = session.raw();
-            let raw: *mut _ = &mut *raw;
-            let mut key = &self.signing as *const SigningKey as *mut c_void;
-            // SAFETY: the session pointer is valid while `raw` (its lock) is held; the key
-            // outlives the call; libssh2 copies what it keeps of the other arguments.
-            unsafe {
-                libssh2_userauth_publickey(
-                    raw.cast(),
-                    user.as_ptr(),
-                    self.public.as_ptr(),
-                    self.public.len(),
-                    Some(sign),
-                    &mut key,
-                )
-            }
-        };
-        if rc == 0 {
-            Ok(())
-        } else {
-            Err(ssh2::Error::from_session_error(session, rc))
+/// One step of public key authentication as `user` with `public` (a key or certificate in
+/// wire encoding), signing with `key`; with no key, the step only asks the server whether it
+/// would take `public`. Non-blocking: `EAGAIN` means call again when the socket is ready, with
+/// the same arguments. The flag tells whether the server accepted the public key (and so
+/// asked for a signature).
+pub(crate) fn userauth(
+    session: &Session,
+    user: &CString,
+    public: &[u8],
+    key: Option<&SigningKey>,
+) -> (Result<(), ssh2::Error>, bool) {
+    let context = SignContext {
+        key,
+        asked: Cell::new(false),
+    };
+    let rc = {
+        let mut raw = session.raw();
+        let raw: *mut _ = &mut *raw;
+        let mut abstract_ = &context as *const SignContext as *mut c_void;
+        // SAFETY: the session pointer is valid while `raw` (its lock) is held; the context
+        // outlives the call; libssh2 copies what it keeps of the other arguments.
+        unsafe {
+            libssh2_userauth_publickey(
+                raw.cast(),
+                user.as_ptr(),
+                public.as_ptr(),
+                public.len(),
+                Some(sign),
+                &mut abstract_,
+            )
         }
-    }
+    };
+    let result = if rc == 0 {
+        Ok(())
+    } else {
+        Err(ssh2::Error::from_session_error(session, rc))
+    };
+    (result, context.asked.get())
 }
 
 #[cfg(test)]
@@ -141,7 +258,7 @@ mod tests {
     use super::*;
     use ed25519_dalek::{Signature, Verifier};
 
-    fn keygen(dir: &Path, name: &str, kind: &str, passphrase: &str) -> Vec<u8> {
+    fn keygen(dir: &Path, name: &str, kind: &str, passphrase: &str) {
         let path = dir.join(name);
         let status = std::process::Command::new("ssh-keygen")
             .args(["-q", "-t", kind, "-N", passphrase, "-f"])
@@ -149,28 +266,70 @@ mod tests {
             .status()
             .expect("ssh-keygen (OpenSSH's client tools) must be installed");
         assert!(status.success());
-        std::fs::read(path).unwrap()
+    }
+
+    fn plain(path: &Path) -> Option<SigningKey> {
+        plain_ed25519(&read(path))
     }
 
     #[test]
     fn only_unencrypted_ed25519_keys_are_signed_in_process() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(parse(&keygen(dir.path(), "plain", "ed25519", "")).is_some());
-        assert!(parse(&keygen(dir.path(), "locked", "ed25519", "secret")).is_none());
-        assert!(parse(&keygen(dir.path(), "ecdsa", "ecdsa", "")).is_none());
-        assert!(parse(b"not a key").is_none());
+        let d = dir.path();
+        keygen(d, "plain", "ed25519", "");
+        keygen(d, "locked", "ed25519", "secret");
+        keygen(d, "ecdsa", "ecdsa", "");
+        std::fs::write(d.join("junk"), "not a key").unwrap();
+        assert!(plain(&d.join("plain")).is_some());
+        assert!(plain(&d.join("locked")).is_none());
+        assert!(plain(&d.join("ecdsa")).is_none());
+        assert!(plain(&d.join("junk")).is_none());
+        assert!(matches!(
+            read(&d.join("junk")),
+            KeyFile::Legacy { encrypted: false }
+        ));
+        assert!(matches!(read(&d.join("none")), KeyFile::Missing));
+    }
+
+    #[test]
+    fn an_encrypted_key_shows_its_public_half_and_decrypts_with_the_right_passphrase_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        for kind in ["ed25519", "ecdsa"] {
+            keygen(d, kind, kind, "right horse");
+            let file = read(&d.join(kind));
+            assert!(file.encrypted(), "{kind}");
+            let public = std::fs::read_to_string(d.join(format!("{kind}.pub"))).unwrap();
+            let public = ssh_key::PublicKey::from_openssh(&public).unwrap();
+            assert_eq!(file.public(&d.join(kind)), Some(public.to_bytes().unwrap()));
+            let KeyFile::OpenSsh { key, .. } = &*Arc::new(file) else {
+                panic!("{kind}: not read as an OpenSSH key")
+            };
+            assert!(matches!(decrypt(key, b"wrong horse"), Err(None)), "{kind}");
+            match (kind, decrypt(key, b"right horse")) {
+                ("ed25519", Ok(Unlocked::Ed25519(_))) => {}
+                ("ecdsa", Ok(Unlocked::Pem(pem))) => {
+                    assert!(pem.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+                    assert!(!PrivateKey::from_openssh(pem.as_bytes())
+                        .unwrap()
+                        .is_encrypted());
+                }
+                (kind, _) => panic!("{kind}: the right passphrase did not give a usable key"),
+            }
+        }
     }
 
     #[test]
     fn the_callback_signs_what_libssh2_passes_with_the_key_it_points_to() {
         let dir = tempfile::tempdir().unwrap();
-        let key = parse(&keygen(dir.path(), "plain", "ed25519", "")).unwrap();
-        let public = std::fs::read_to_string(dir.path().join("plain.pub")).unwrap();
-        let public = ssh_key::PublicKey::from_openssh(&public).unwrap();
-        assert_eq!(key.public, public.to_bytes().unwrap());
-
+        keygen(dir.path(), "plain", "ed25519", "");
+        let key = plain(&dir.path().join("plain")).unwrap();
         let data = b"session id and userauth request";
-        let mut abstract_ = &key.signing as *const SigningKey as *mut c_void;
+        let context = SignContext {
+            key: Some(&key),
+            asked: Cell::new(false),
+        };
+        let mut abstract_ = &context as *const SignContext as *mut c_void;
         let (mut sig, mut len) = (std::ptr::null_mut(), 0usize);
         // SAFETY: the arguments are what libssh2 passes; the buffer is freed below.
         let rc = unsafe {
@@ -188,7 +347,8 @@ mod tests {
         let bytes = unsafe { std::slice::from_raw_parts(sig, len) }.to_vec();
         unsafe { libc::free(sig.cast()) };
         let signature = Signature::from_slice(&bytes).unwrap();
-        let verifying = key.signing.verifying_key();
+        assert!(context.asked.get());
+        let verifying = key.verifying_key();
         assert!(verifying.verify(data, &signature).is_ok());
         assert!(verifying.verify(b"other data", &signature).is_err());
     }

@@ -2,6 +2,7 @@
 //! small runtime of its own (`polyshell-ssh` threads, one per core), one connection per
 //! shell reused for every command, concurrent commands multiplexed on it.
 
+mod auth;
 mod cache;
 mod connect;
 mod driver;
@@ -9,6 +10,7 @@ mod gate;
 mod keys;
 mod target;
 
+pub use auth::KeyPassphrases;
 pub use target::{HostKeyPolicy, SshOptions};
 
 use crate::error::ErrorKind;

@@ -1,5 +1,6 @@
 //! Where and how to connect: a site's own SSH options merged over `~/.ssh/config`.
 
+use super::auth::KeyPassphrases;
 use super::cache::FileCache;
 use crate::error::ErrorKind;
 use ssh2_config::{DefaultAlgorithms, HostParams, ParseRule, SshConfig};
@@ -53,6 +54,10 @@ pub struct SshOptions {
     pub keepalive: Option<Duration>,
     /// Bastions to jump through, overriding `ProxyJump` (`host`, `user@host:port`, comma list).
     pub proxy_jump: Option<String>,
+    /// Where the passphrases of encrypted key files come from, shared by the sites of a run
+    /// so that each is asked once; `None`: one process-wide cache asking as OpenSSH would
+    /// ([`KeyPassphrases::from_environment`]).
+    pub passphrases: Option<Arc<KeyPassphrases>>,
 }
 
 impl SshOptions {
@@ -72,13 +77,31 @@ pub(crate) struct Target {
     pub hostname: String,
     pub port: u16,
     pub user: String,
-    pub identities: Vec<PathBuf>,
+    /// Identity files in the order they are tried; true for one the user configured (a
+    /// missing default is not worth a word).
+    pub identities: Vec<(PathBuf, bool)>,
+    /// `CertificateFile`s (a key's `KEY-cert.pub` is found without one).
+    pub certificates: Vec<PathBuf>,
     pub identities_only: bool,
+    pub agent: AgentChoice,
+    pub passphrases: Arc<KeyPassphrases>,
     pub known_hosts: Vec<PathBuf>,
     pub policy: HostKeyPolicy,
     pub connect_timeout: Duration,
-    pub keepalive: Duration,
+    /// Keepalive interval; `None` when `ServerAliveInterval 0` turned keepalives off.
+    pub keepalive: Option<Duration>,
     pub jumps: Vec<String>,
+}
+
+/// Which ssh-agent to ask (`IdentityAgent`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum AgentChoice {
+    /// `SSH_AUTH_SOCK`, when set (the default).
+    Env,
+    /// `IdentityAgent none`.
+    None,
+    /// A socket path.
+    Path(PathBuf),
 }
 
 impl Target {
@@ -94,17 +117,97 @@ fn home() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/"))
 }
 
-fn expand_tilde(p: &str) -> PathBuf {
-    match p.strip_prefix("~/") {
-        Some(rest) => home().join(rest),
-        None => PathBuf::from(p),
-    }
-}
-
 fn local_user() -> String {
     std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "root".into())
+}
+
+fn local_hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `len` bytes into the buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    if rc != 0 {
+        return "localhost".into();
+    }
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+/// What ssh_config's `%` tokens stand for, for one connection (see TOKENS in ssh_config(5)).
+struct Tokens<'a> {
+    /// %h: the remote host name (after `HostName`).
+    hostname: &'a str,
+    /// %n: the name as given.
+    original: &'a str,
+    /// %p
+    port: u16,
+    /// %r
+    user: &'a str,
+    /// %j: the ProxyJump, or "".
+    jump: &'a str,
+}
+
+/// `text` with its `%` tokens and `${VAR}` environment references replaced, and a leading
+/// `~` as the home directory, as OpenSSH does for file names; `key` names the option in errors.
+fn expand(text: &str, t: &Tokens, key: &str) -> Result<String, ErrorKind> {
+    let bad = |why: String| ErrorKind::Config(format!("{key} {text}: {why}"));
+    let mut out = String::new();
+    let rest = match text.strip_prefix('~') {
+        Some(rest) if rest.is_empty() || rest.starts_with('/') => {
+            out.push_str(&home().to_string_lossy());
+            rest
+        }
+        _ => text,
+    };
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '%' => match chars.next() {
+                Some('%') => out.push('%'),
+                Some('h') => out.push_str(t.hostname),
+                Some('n') | Some('k') => out.push_str(t.original),
+                Some('p') => out.push_str(&t.port.to_string()),
+                Some('r') => out.push_str(t.user),
+                Some('u') => out.push_str(&local_user()),
+                Some('d') => out.push_str(&home().to_string_lossy()),
+                Some('i') => out.push_str(&unsafe { libc::getuid() }.to_string()),
+                Some('l') => out.push_str(&local_hostname()),
+                Some('L') => out.push_str(local_hostname().split('.').next().unwrap_or("")),
+                Some('j') => out.push_str(t.jump),
+                Some(other) => return Err(bad(format!("the token %{other} is not supported"))),
+                None => return Err(bad("a lone % at the end".into())),
+            },
+            '$' if chars.clone().next() == Some('{') => {
+                chars.next();
+                let name: String = chars.by_ref().take_while(|&c| c != '}').collect();
+                let value = std::env::var(&name)
+                    .map_err(|_| bad(format!("the environment variable {name} is not set")))?;
+                out.push_str(&value);
+            }
+            c => out.push(c),
+        }
+    }
+    Ok(out)
+}
+
+/// The identity files OpenSSH tries when none is configured, in its order.
+const DEFAULT_IDENTITIES: &[&str] = &[
+    "id_rsa",
+    "id_ecdsa",
+    "id_ecdsa_sk",
+    "id_ed25519",
+    "id_ed25519_sk",
+    "id_xmss",
+    "id_dsa",
+];
+
+/// The process-wide passphrase cache of sites that bring none.
+fn default_passphrases() -> Arc<KeyPassphrases> {
+    static DEFAULT: std::sync::OnceLock<Arc<KeyPassphrases>> = std::sync::OnceLock::new();
+    DEFAULT
+        .get_or_init(KeyPassphrases::from_environment)
+        .clone()
 }
 
 /// A parsed ssh_config with its `Host` blocks indexed: a fleet's config often has a block
@@ -199,19 +302,20 @@ pub(crate) fn resolve(opts: &SshOptions) -> Result<Target, ErrorKind> {
     };
     let config = config_path.as_deref().map(read_config).transpose()?;
     let params = config.as_ref().map(|c| c.query(&opts.host));
-    let field = |name: &str| -> Option<String> {
-        let p = params.as_ref()?;
+    // Every value of an option ssh2-config leaves to us (a list option's words).
+    let field = |name: &str| -> Vec<String> {
+        let Some(p) = params.as_ref() else {
+            return Vec::new();
+        };
         p.unsupported_fields
             .iter()
             .chain(p.ignored_fields.iter())
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .and_then(|(_, v)| v.first().cloned())
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
     };
+    let first = |name: &str| field(name).into_iter().next();
 
-    let hostname = params
-        .as_ref()
-        .and_then(|p| p.host_name.clone())
-        .unwrap_or_else(|| opts.host.clone());
     let port = opts
         .port
         .or_else(|| params.as_ref().and_then(|p| p.port))
@@ -221,33 +325,92 @@ pub(crate) fn resolve(opts: &SshOptions) -> Result<Target, ErrorKind> {
         .clone()
         .or_else(|| params.as_ref().and_then(|p| p.user.clone()))
         .unwrap_or_else(local_user);
+    let jumps: Vec<String> = match &opts.proxy_jump {
+        Some(j) => j
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+        None => params
+            .as_ref()
+            .and_then(|p| p.proxy_jump.clone())
+            .unwrap_or_default(),
+    };
+    let jumps: Vec<String> = jumps
+        .into_iter()
+        .filter(|j| !j.eq_ignore_ascii_case("none"))
+        .collect();
+    let jump = jumps.join(",");
+    // HostName may use %h (the name given) and %%.
+    let host_tokens = Tokens {
+        hostname: &opts.host,
+        original: &opts.host,
+        port,
+        user: &user,
+        jump: &jump,
+    };
+    let hostname = match params.as_ref().and_then(|p| p.host_name.clone()) {
+        Some(name) => expand(&name, &host_tokens, "HostName")?,
+        None => opts.host.clone(),
+    };
+    let tokens = Tokens {
+        hostname: &hostname,
+        ..host_tokens
+    };
+    let path = |text: &str, key: &str| expand(text, &tokens, key).map(PathBuf::from);
 
-    let mut identities: Vec<PathBuf> = opts.identity.iter().cloned().collect();
-    let configured: Vec<PathBuf> = params
+    // The site's key first (as `ssh -i`), then ssh_config's; OpenSSH's defaults when neither.
+    let mut identities: Vec<(PathBuf, bool)> = Vec::new();
+    if let Some(identity) = &opts.identity {
+        identities.push((path(&identity.to_string_lossy(), "identity")?, true));
+    }
+    for configured in params
         .as_ref()
         .and_then(|p| p.identity_file.clone())
         .unwrap_or_default()
-        .iter()
-        .map(|p| expand_tilde(&p.to_string_lossy()))
-        .collect();
-    identities.extend(configured);
-    let identities_only = field("IdentitiesOnly").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+    {
+        identities.push((path(&configured.to_string_lossy(), "IdentityFile")?, true));
+    }
     if identities.is_empty() {
-        for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
-            identities.push(home().join(".ssh").join(name));
+        for name in DEFAULT_IDENTITIES {
+            identities.push((home().join(".ssh").join(name), false));
         }
     }
+    let certificates = params
+        .as_ref()
+        .and_then(|p| p.certificate_file.clone())
+        .map(|c| path(&c.to_string_lossy(), "CertificateFile"))
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    let identities_only = first("IdentitiesOnly").is_some_and(|v| v.eq_ignore_ascii_case("yes"));
+    let agent = match first("IdentityAgent") {
+        None => AgentChoice::Env,
+        Some(v) if v.eq_ignore_ascii_case("none") => AgentChoice::None,
+        Some(v) if v == "SSH_AUTH_SOCK" => AgentChoice::Env,
+        Some(v) => match v.strip_prefix('$') {
+            Some(var) => std::env::var_os(var)
+                .map(|p| AgentChoice::Path(PathBuf::from(p)))
+                .unwrap_or(AgentChoice::None),
+            None => AgentChoice::Path(path(&v, "IdentityAgent")?),
+        },
+    };
 
     let known_hosts = match &opts.known_hosts {
         Some(p) => vec![p.clone()],
         None => match field("UserKnownHostsFile") {
-            Some(files) => files.split_whitespace().map(expand_tilde).collect(),
-            None => vec![home().join(".ssh").join("known_hosts")],
+            files if files.is_empty() => vec![home().join(".ssh").join("known_hosts")],
+            files => files
+                .iter()
+                .flat_map(|f| f.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+                .filter(|f| !f.eq_ignore_ascii_case("none"))
+                .map(|f| path(&f, "UserKnownHostsFile"))
+                .collect::<Result<_, _>>()?,
         },
     };
     let policy = match opts.host_key_policy {
         Some(p) => p,
-        None => match field("StrictHostKeyChecking") {
+        None => match first("StrictHostKeyChecking") {
             Some(v) => HostKeyPolicy::parse(&v).ok_or_else(|| {
                 ErrorKind::Config(format!(
                     "StrictHostKeyChecking {v}: expected yes, accept-new or no"
@@ -260,34 +423,26 @@ pub(crate) fn resolve(opts: &SshOptions) -> Result<Target, ErrorKind> {
         .connect_timeout
         .or_else(|| params.as_ref().and_then(|p| p.connect_timeout))
         .unwrap_or(Duration::from_secs(10));
-    let keepalive = opts
+    // Polyshell's default is 15 s (a dead host must not hang a run); `ServerAliveInterval 0`
+    // (in ssh_config or the options) turns keepalives off, as in OpenSSH.
+    let keepalive = match opts
         .keepalive
         .or_else(|| params.as_ref().and_then(|p| p.server_alive_interval))
-        .filter(|d| !d.is_zero())
-        .unwrap_or(Duration::from_secs(15));
-    let jumps = match &opts.proxy_jump {
-        Some(j) => j
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(String::from)
-            .collect(),
-        None => params
-            .as_ref()
-            .and_then(|p| p.proxy_jump.clone())
-            .unwrap_or_default(),
+    {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => Some(Duration::from_secs(15)),
     };
-    let jumps = jumps
-        .into_iter()
-        .filter(|j| !j.eq_ignore_ascii_case("none"))
-        .collect();
     Ok(Target {
         alias: opts.host.clone(),
         hostname,
         port,
         user,
         identities,
+        certificates,
         identities_only,
+        agent,
+        passphrases: opts.passphrases.clone().unwrap_or_else(default_passphrases),
         known_hosts,
         policy,
         connect_timeout,
@@ -310,6 +465,7 @@ pub(crate) fn jump_options(spec: &str, outer: &SshOptions) -> SshOptions {
         connect_timeout: outer.connect_timeout,
         keepalive: outer.keepalive,
         proxy_jump: Some("none".into()),
+        passphrases: outer.passphrases.clone(),
     }
 }
 
@@ -339,10 +495,10 @@ mod tests {
         assert_eq!(t.policy, HostKeyPolicy::AcceptNew);
         assert_eq!(t.known_hosts, [PathBuf::from("/tmp/kh")]);
         assert!(t.identities_only);
-        assert!(t.identities[0].ends_with(".ssh/web"));
+        assert!(t.identities[0].0.ends_with(".ssh/web"));
         assert_eq!(
             (t.connect_timeout, t.keepalive),
-            (Duration::from_secs(3), Duration::from_secs(5))
+            (Duration::from_secs(3), Some(Duration::from_secs(5)))
         );
 
         opts.port = Some(22);
@@ -354,6 +510,95 @@ mod tests {
             (22, "me", HostKeyPolicy::Strict)
         );
         assert_eq!(split_jump("u@h:2"), (Some("u".into()), "h".into(), Some(2)));
+    }
+
+    fn resolve_with(config: &str, host: &str) -> Result<Target, ErrorKind> {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(&cfg, config).unwrap();
+        let mut opts = SshOptions::new(host);
+        opts.ssh_config = Some(cfg);
+        resolve(&opts)
+    }
+
+    /// ssh_config(5)'s TOKENS in the file options and HostName, `${VAR}`, `~`, as OpenSSH.
+    #[test]
+    fn tokens_resolve_as_openssh_does() {
+        std::env::set_var("POLYSHELL_TOKEN_TEST", "from-env");
+        let t = resolve_with(
+            "Host web*\n  HostName %h.example.org\n  User deploy\n  Port 2200\n  \
+             ProxyJump gw\n  IdentityFile ~/.ssh/%r@%h:%p\n  IdentityFile %d/keys/%n-%u-%i-%%\n  \
+             CertificateFile ${POLYSHELL_TOKEN_TEST}/%h-cert.pub\n  \
+             UserKnownHostsFile /kh/%h_%p /kh/%j/%k\n  IdentityAgent ~/agent-%L\n",
+            "web1",
+        )
+        .unwrap();
+        let home = home().display().to_string();
+        let uid = unsafe { libc::getuid() };
+        assert_eq!(t.hostname, "web1.example.org");
+        assert_eq!(
+            t.identities,
+            [
+                (
+                    PathBuf::from(format!("{home}/.ssh/deploy@web1.example.org:2200")),
+                    true
+                ),
+                (
+                    PathBuf::from(format!("{home}/keys/web1-{}-{uid}-%", local_user())),
+                    true
+                ),
+            ]
+        );
+        assert_eq!(
+            t.certificates,
+            [PathBuf::from("from-env/web1.example.org-cert.pub")]
+        );
+        assert_eq!(
+            t.known_hosts,
+            [
+                PathBuf::from("/kh/web1.example.org_2200"),
+                PathBuf::from("/kh/gw/web1")
+            ]
+        );
+        let short = local_hostname().split('.').next().unwrap().to_owned();
+        assert_eq!(
+            t.agent,
+            AgentChoice::Path(PathBuf::from(format!("{home}/agent-{short}")))
+        );
+        // A token OpenSSH has and polyshell does not is an error naming it, not a file name.
+        let err = resolve_with("Host *\n  IdentityFile ~/.ssh/%C\n", "web1").unwrap_err();
+        assert!(err.to_string().contains("%C is not supported"), "{err}");
+        let err =
+            resolve_with("Host *\n  IdentityFile ${POLYSHELL_NO_SUCH_VAR}/k\n", "w").unwrap_err();
+        assert!(
+            err.to_string().contains("POLYSHELL_NO_SUCH_VAR is not set"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn keepalives_identities_and_agent_follow_openssh_defaults() {
+        // ServerAliveInterval 0 turns keepalives off; unset keeps polyshell's 15 s.
+        let off = resolve_with("Host *\n  ServerAliveInterval 0\n", "a").unwrap();
+        assert_eq!(off.keepalive, None);
+        let unset = resolve_with("Host *\n  User x\n", "a").unwrap();
+        assert_eq!(unset.keepalive, Some(Duration::from_secs(15)));
+        // No IdentityFile: OpenSSH's default files, in its order, none of them "configured".
+        let names: Vec<String> = unset
+            .identities
+            .iter()
+            .map(|(p, configured)| {
+                assert!(!configured);
+                p.file_name().unwrap().to_string_lossy().into_owned()
+            })
+            .collect();
+        assert_eq!(names, DEFAULT_IDENTITIES);
+        assert_eq!(unset.agent, AgentChoice::Env);
+        // One IdentityFile: the defaults are not tried.
+        let one = resolve_with("Host *\n  IdentityFile /k/mine\n", "a").unwrap();
+        assert_eq!(one.identities, [(PathBuf::from("/k/mine"), true)]);
+        let none = resolve_with("Host *\n  IdentityAgent none\n", "a").unwrap();
+        assert_eq!(none.agent, AgentChoice::None);
     }
 
     /// The index gives what ssh2-config's own query gives, block order and negation included.
