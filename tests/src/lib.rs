@@ -183,4 +183,20 @@ impl Fleet {
     pub fn log_of(&self, site: &FleetSite) -> &Path {
         &self.processes[site.process].log
     }
+
+    /// An ssh_config for the whole fleet, written in `dir`, that offers only `key` and never
+    /// asks ssh-agent (`IdentityAgent none`): the fleet's own with its IdentityFile replaced.
+    pub fn ssh_config_with_key(&self, dir: &Path, key: &Path) -> PathBuf {
+        let text = std::fs::read_to_string(&self.ssh_config).unwrap();
+        let wanted = format!("IdentityFile {}", self.identity.display());
+        assert!(text.contains(&wanted), "the fleet's ssh_config changed");
+        let text = text.replace(
+            &wanted,
+            &format!("IdentityFile {}\n  IdentityAgent none", key.display()),
+        );
+        let name = key.file_name().unwrap().to_string_lossy();
+        let path = dir.join(format!("ssh_config-{name}"));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
 }

@@ -87,7 +87,7 @@ fn an_agent_key_authenticates_unless_identities_only() {
     .unwrap();
     let mut opts = only_key(&fleet, "site004", &stranger);
     opts.identity = None;
-    opts.ssh_config = Some(config);
+    opts.ssh_config = Some(config.clone());
     let err = runtime
         .block_on(async {
             let shell = Shell::with_ssh(opts);
@@ -96,9 +96,78 @@ fn an_agent_key_authenticates_unless_identities_only() {
         .expect("refused login did not finish in 30 s")
         .unwrap_err();
     match &err.kind {
-        ErrorKind::AuthFailed { tried, .. } => {
-            assert_eq!(tried, &stranger.display().to_string(), "{err}")
-        }
+        ErrorKind::AuthFailed { tried, .. } => assert_eq!(
+            tried,
+            &format!("{}: not accepted by the server", stranger.display()),
+            "{err}"
+        ),
         other => panic!("expected an authentication error, got {other}"),
     }
+
+    // An encrypted key loaded in the agent, and `IdentitiesOnly yes` + `IdentityFile` naming
+    // it (the usual careful setup): OpenSSH signs through the agent, and so does polyshell,
+    // asking nobody for the passphrase.
+    let askpass = dir.path().join("askpass");
+    std::fs::write(
+        &askpass,
+        format!("#!/bin/sh\necho '{}'\n", fleet.key_passphrase),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &askpass,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    let added = Command::new("ssh-add")
+        .arg("-q")
+        .arg(&fleet.locked_identity)
+        .env("SSH_AUTH_SOCK", &socket)
+        .env("SSH_ASKPASS", &askpass)
+        .env("SSH_ASKPASS_REQUIRE", "force")
+        .stdin(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(added.success(), "ssh-add of the encrypted key failed");
+    std::fs::write(
+        &config,
+        format!(
+            "Host *\n  IdentitiesOnly yes\n  IdentityFile {}\n",
+            fleet.locked_identity.display()
+        ),
+    )
+    .unwrap();
+    // The sshd log serves 16 sites: only what this login adds to it counts.
+    let log_path = fleet.log_of(fleet.site("site009")).to_owned();
+    let before = std::fs::read(&log_path).unwrap().len();
+    let prompter = std::sync::Arc::new(polyshell_auth::ScriptedPrompter::new(Vec::<String>::new()));
+    let mut opts = only_key(&fleet, "site009", &fleet.locked_identity);
+    opts.identity = None;
+    opts.ssh_config = Some(config);
+    opts.passphrases = Some(polyshell_shell::KeyPassphrases::new(prompter.clone()));
+    let out = runtime
+        .block_on(async {
+            let shell = Shell::with_ssh(opts);
+            tokio::time::timeout(Duration::from_secs(30), shell.run("echo locked via agent")).await
+        })
+        .expect("agent login did not finish in 30 s")
+        .unwrap_or_else(|e| panic!("encrypted key through the agent: {e}"));
+    assert_eq!(out.stdout_text(), "locked via agent\n");
+    assert_eq!(
+        prompter.asked(),
+        0,
+        "the agent holds the key: no passphrase prompt"
+    );
+    let accepted = fingerprint(&fleet.locked_identity);
+    let log = String::from_utf8_lossy(&std::fs::read(&log_path).unwrap()[before..]).into_owned();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("Accepted publickey for") && l.ends_with(&accepted)),
+        "sshd did not log a login with the encrypted key ({accepted})"
+    );
+    let ecdsa = fingerprint(&fleet.ecdsa_identity);
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("Accepted publickey for") && l.ends_with(&ecdsa)),
+        "IdentitiesOnly: the agent's other key was used"
+    );
 }

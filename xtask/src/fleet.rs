@@ -105,8 +105,18 @@ pub fn up(dir: &Path, opts: Options) -> Result<Fleet> {
     let key_passphrase = random_hex(12)?;
     let locked = dir.join("id_locked");
     let locked_ecdsa = dir.join("id_locked_ecdsa");
-    keygen_with(&locked, "ed25519", "polyshell-fleet-locked", &key_passphrase)?;
-    keygen_with(&locked_ecdsa, "ecdsa", "polyshell-fleet-locked-ecdsa", &key_passphrase)?;
+    keygen_with(
+        &locked,
+        "ed25519",
+        "polyshell-fleet-locked",
+        &key_passphrase,
+    )?;
+    keygen_with(
+        &locked_ecdsa,
+        "ecdsa",
+        "polyshell-fleet-locked-ecdsa",
+        &key_passphrase,
+    )?;
     keygen(&dir.join("user_ca"), "ed25519", "polyshell-fleet-user-ca")?;
     let password = random_hex(12)?;
     let shells = login_shells(dir)?;

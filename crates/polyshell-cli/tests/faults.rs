@@ -679,3 +679,112 @@ fn the_password_is_in_no_byte_the_cli_writes() {
         .unwrap();
     assert!(!text(&[out.stdout, out.stderr].concat()).contains("hunter2-wrong"));
 }
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn an_encrypted_key_with_no_way_to_ask_fails_naming_the_key_and_the_ways_out() {
+    let fleet = Fleet::load();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fleet.ssh_config_with_key(dir.path(), &fleet.locked_identity);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyshell"))
+        .current_dir(dir.path())
+        .args(["--ssh-config", &config.display().to_string()])
+        .args(["-H", "site[010-012]", "run", "--", "true"])
+        .env_remove("SSH_ASKPASS")
+        .env(
+            "POLYSHELL_RUNS_DIR",
+            concat!(env!("CARGO_TARGET_TMPDIR"), "/runs"),
+        )
+        .stdin(std::process::Stdio::null())
+        .output_without_tty();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    let named = format!(
+        "{}: key is encrypted and there is no terminal",
+        fleet.locked_identity.display()
+    );
+    for part in [
+        named.as_str(),
+        "add the key to ssh-agent (ssh-add)",
+        "run from a terminal",
+        "3 sites: 0 ok, 3 failed",
+    ] {
+        assert!(stderr.contains(part), "`{part}` missing from:\n{stderr}");
+    }
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn ssh_askpass_is_asked_once_for_twenty_sites_and_the_passphrase_is_nowhere() {
+    let fleet = Fleet::load();
+    let dir = tempfile::tempdir().unwrap();
+    let runs = dir.path().join("runs");
+    let calls = dir.path().join("askpass-calls");
+    let askpass = dir.path().join("askpass");
+    std::fs::write(
+        &askpass,
+        format!(
+            "#!/bin/sh\necho \"$1\" >> '{}'\necho '{}'\n",
+            calls.display(),
+            fleet.key_passphrase
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &askpass,
+        std::os::unix::fs::PermissionsExt::from_mode(0o700),
+    )
+    .unwrap();
+    for key in [&fleet.locked_identity, &fleet.locked_ecdsa_identity] {
+        let _ = std::fs::remove_file(&calls);
+        let config = fleet.ssh_config_with_key(dir.path(), key);
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyshell"))
+            .current_dir(dir.path())
+            .args(["--ssh-config", &config.display().to_string()])
+            .args(["-vvv", "-H", "site[021-040]", "run", "--", "echo up"])
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("POLYSHELL_RUNS_DIR", &runs)
+            .env("NO_COLOR", "1")
+            .stdin(std::process::Stdio::null())
+            .output_without_tty();
+        let stderr = text(&out.stderr);
+        assert!(out.status.success(), "{}: {stderr}", key.display());
+        assert_eq!(
+            text(&out.stdout).matches("| up").count(),
+            20,
+            "{}",
+            text(&out.stdout)
+        );
+        let asked = std::fs::read_to_string(&calls).unwrap();
+        assert_eq!(
+            asked.lines().count(),
+            1,
+            "one question for 20 sites: {asked}"
+        );
+        assert!(
+            asked.contains(&format!("passphrase for key {}", key.display())),
+            "{asked}"
+        );
+        assert!(stderr.contains("TRACE"), "-vvv logs were on");
+        let all = text(&[out.stdout, out.stderr].concat());
+        assert!(
+            !all.contains(&fleet.key_passphrase),
+            "the passphrase was written"
+        );
+    }
+    // Nor is it in the run ledger.
+    let mut files = vec![runs];
+    while let Some(path) = files.pop() {
+        if path.is_dir() {
+            files.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !text(&bytes).contains(&fleet.key_passphrase),
+                "the passphrase is in {}",
+                path.display()
+            );
+        }
+    }
+}

@@ -8,8 +8,13 @@ use std::process::Command;
 use std::time::Duration;
 
 fn session(fleet: &Fleet, args: &[&str]) -> OsSession {
+    session_with_config(&fleet.ssh_config, args)
+}
+
+fn session_with_config(config: &std::path::Path, args: &[&str]) -> OsSession {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_polyshell"));
-    cmd.args(["--ssh-config", &fleet.ssh_config.display().to_string()])
+    cmd.args(["--ssh-config", &config.display().to_string()])
+        .env_remove("SSH_ASKPASS")
         .args(args)
         .env("NO_COLOR", "1")
         .env(
@@ -366,4 +371,56 @@ sudo = "id -u"
         !text.contains("sudo password"),
         "asked again mid-run: {text}"
     );
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn an_encrypted_key_is_asked_for_once_on_the_terminal_for_twenty_sites() {
+    let fleet = Fleet::load();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fleet.ssh_config_with_key(dir.path(), &fleet.locked_identity);
+    let prompt = format!(
+        "[polyshell] passphrase for key {}",
+        fleet.locked_identity.display()
+    );
+    // The right passphrase first: one prompt. A wrong one first: a second prompt says "try 2".
+    for answers in [
+        vec![fleet.key_passphrase.as_str()],
+        vec!["wrong-one", &fleet.key_passphrase],
+    ] {
+        let mut s = session_with_config(
+            &config,
+            &[
+                "-vvv",
+                "-H",
+                "site[001-020]",
+                "run",
+                "--",
+                "echo up-$(id -un)",
+            ],
+        );
+        for (n, answer) in answers.iter().enumerate() {
+            let shown = s.expect(prompt.as_str()).expect("the passphrase prompt");
+            let line_end = s.expect(": ").expect("the end of the prompt");
+            let asked = strip_ansi(line_end.before());
+            if n > 0 {
+                assert!(asked.contains("try 2"), "{asked}");
+            }
+            drop(shown);
+            s.send_line(answer).unwrap();
+        }
+        let rest = s.expect(Eof).expect("polyshell ends");
+        let text = strip_ansi(&[rest.before(), rest.as_bytes()].concat());
+        assert!(text.contains("20 sites: 20 ok"), "{text}");
+        assert_eq!(
+            text.matches(&prompt).count(),
+            0,
+            "asked again after the answer: {text}"
+        );
+        assert!(
+            !text.contains(&fleet.key_passphrase),
+            "the passphrase was echoed or logged"
+        );
+        assert!(text.contains("DEBUG"), "-vvv logs were on");
+    }
 }

@@ -1,14 +1,13 @@
 //! Opening an SSH connection: TCP (or a forwarded channel through a bastion), handshake,
 //! host key verification, public key authentication; then the connection's driver starts.
 
-use super::cache::FileCache;
 use super::driver::{retry, Connection, Driver, OpenKind, Request, SocketFd, STDIN_CREDIT};
+use super::known_hosts::{authority_names, candidate_lines, host_label, Known};
 use super::target::{HostKeyPolicy, Target};
 use crate::error::ErrorKind;
 use crate::process::ProcEvent;
 use base64::Engine;
 use ssh2::{CheckResult, HashType, KnownHostFileKind, MethodType, Session};
-use std::collections::HashMap;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::path::Path;
@@ -199,97 +198,6 @@ fn bridge(bastion: &Connection, host: &str, port: u16, sock: tokio::net::UnixStr
     });
 }
 
-/// A known_hosts file's entries, indexed by the host names of plain entries.
-#[derive(Default)]
-struct KnownHosts {
-    /// Plain entries, by each host name they list: (line number, line).
-    by_host: HashMap<String, Vec<(usize, Arc<str>)>>,
-    /// Hashed and wildcard entries, which only libssh2 can match: (line number, line).
-    general: Vec<(usize, Arc<str>)>,
-    /// `@revoked` lines, the marker taken off: a key they list is refused for their hosts.
-    revoked: Vec<Arc<str>>,
-    /// `@cert-authority` lines, the marker taken off.
-    authorities: Vec<Arc<str>>,
-}
-
-impl KnownHosts {
-    fn parse(text: &str) -> KnownHosts {
-        let mut index = KnownHosts::default();
-        for (n, line) in text.lines().enumerate() {
-            let Some(hosts) = line.split_whitespace().next() else {
-                continue;
-            };
-            if hosts.starts_with('#') {
-                continue;
-            }
-            if let Some(marker) = hosts.strip_prefix('@') {
-                let rest: Arc<str> = line.trim_start()[hosts.len()..].trim_start().into();
-                match marker {
-                    "revoked" => index.revoked.push(rest),
-                    "cert-authority" => index.authorities.push(rest),
-                    _ => {}
-                }
-                continue;
-            }
-            let line: Arc<str> = line.into();
-            if hosts.starts_with("|1|") || hosts.contains(['*', '?']) {
-                index.general.push((n, line));
-            } else {
-                for host in hosts.split(',') {
-                    index
-                        .by_host
-                        .entry(host.to_owned())
-                        .or_default()
-                        .push((n, line.clone()));
-                }
-            }
-        }
-        index
-    }
-
-    /// The lines that may concern `host`, in file order.
-    fn candidates(&self, host: &str) -> Vec<Arc<str>> {
-        let mut lines: Vec<&(usize, Arc<str>)> = self
-            .general
-            .iter()
-            .chain(self.by_host.get(host).into_iter().flatten())
-            .collect();
-        lines.sort_unstable_by_key(|(n, _)| *n);
-        lines.dedup_by_key(|(n, _)| *n);
-        lines.into_iter().map(|(_, line)| line.clone()).collect()
-    }
-}
-
-/// What the known_hosts files say that may concern one host.
-#[derive(Default)]
-struct Known {
-    /// Plain entries naming the host, and every hashed or wildcard entry (only libssh2 can
-    /// tell whether those match).
-    lines: Vec<Arc<str>>,
-    /// `@revoked` entries (marker taken off).
-    revoked: Vec<Arc<str>>,
-    /// `@cert-authority` entries (marker taken off).
-    authorities: Vec<Arc<str>>,
-}
-
-/// The known_hosts entries that may concern this host. Files are read and indexed once per
-/// run (cached by path and modification time), not once per site.
-fn candidate_lines(target: &Target) -> Known {
-    static CACHE: FileCache<KnownHosts> = FileCache::new();
-    let wanted = host_label(target);
-    let mut out = Known::default();
-    for file in &target.known_hosts {
-        if let Ok(index) = CACHE.get(file, |file| {
-            std::fs::read_to_string(file).map(|text| KnownHosts::parse(&text))
-        }) {
-            out.lines.extend(index.candidates(&wanted));
-            out.revoked.extend(index.revoked.iter().cloned());
-            out.authorities.extend(index.authorities.iter().cloned());
-        }
-    }
-    out
-}
-
 /// What libssh2 says of `key` for the host against these entries alone.
 fn check_against(
     session: &Session,
@@ -305,15 +213,6 @@ fn check_against(
         let _ = known.read_str(line, KnownHostFileKind::OpenSSH);
     }
     Ok(known.check_port(&target.hostname, target.port, key))
-}
-
-/// `host` on port 22, `[host]:port` otherwise, as known_hosts writes it.
-fn host_label(target: &Target) -> String {
-    if target.port == 22 {
-        target.hostname.clone()
-    } else {
-        format!("[{}]:{}", target.hostname, target.port)
-    }
 }
 
 /// Key types recorded for this host (plain entries only).
@@ -347,16 +246,25 @@ fn fingerprint(session: &Session) -> String {
     }
 }
 
-/// Whether an `@cert-authority` line names this host: each line's host patterns are checked
-/// by libssh2 against the server's own key put in place of the CA key (libssh2 matches hosts
+/// Whether an `@cert-authority` line names this host. A hashed hosts field is checked by
+/// libssh2, against the server's own key put in place of the CA key (libssh2 matches hosts
 /// only together with a key of the same type).
-fn authority_names(
+fn vouched_for(
     session: &Session,
     target: &Target,
     authorities: &[Arc<str>],
     key: &[u8],
 ) -> Result<bool, ErrorKind> {
-    if authorities.is_empty() {
+    let label = host_label(target);
+    let mut hashed = Vec::new();
+    for line in authorities {
+        match authority_names(line, &label) {
+            Some(true) => return Ok(true),
+            Some(false) => {}
+            None => hashed.push(line),
+        }
+    }
+    if hashed.is_empty() {
         return Ok(false);
     }
     let Some(type_name) = key
@@ -367,10 +275,10 @@ fn authority_names(
         return Ok(false);
     };
     let encoded = base64::engine::general_purpose::STANDARD.encode(key);
-    let lines: Vec<Arc<str>> = authorities
+    let lines: Vec<Arc<str>> = hashed
         .iter()
         .filter_map(|line| line.split_whitespace().next())
-        .map(|patterns| format!("{patterns} {type_name} {encoded}").into())
+        .map(|hosts| format!("{hosts} {type_name} {encoded}").into())
         .collect();
     Ok(matches!(
         check_against(session, target, &lines, key)?,
@@ -413,7 +321,7 @@ fn verify_host_key(session: &Session, target: &Target, known: &Known) -> Result<
     }
     let verdict = check_against(session, target, &known.lines, key)?;
     if matches!(verdict, CheckResult::NotFound | CheckResult::Failure)
-        && authority_names(session, target, &known.authorities, key)?
+        && vouched_for(session, target, &known.authorities, key)?
     {
         // A certificate authority vouches for this host, but libssh2 cannot check host
         // certificates: say so rather than "unknown key" (or recording it under accept-new).
@@ -477,36 +385,4 @@ fn append(file: &Path, line: &str) -> std::io::Result<()> {
 /// A credit pool for one channel's stdin.
 pub(crate) fn new_credit() -> Arc<Semaphore> {
     Arc::new(Semaphore::new(STDIN_CREDIT))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::KnownHosts;
-
-    #[test]
-    fn known_hosts_candidates_are_the_host_s_plain_lines_and_every_pattern_in_file_order() {
-        let text = "# comment\n\
-                    web1,10.0.0.1 ssh-ed25519 AAAA1\n\
-                    |1|c2FsdA==|aGFzaA== ssh-ed25519 AAAA2\n\
-                    [web1]:2222 ssh-ed25519 AAAA3\n\
-                    @revoked web1 ssh-ed25519 AAAA4\n\
-                    *.example.org ssh-rsa AAAA5\n\
-                    web2 ssh-ed25519 AAAA6\n\
-                    \n\
-                    10.0.0.1,web1 ecdsa-sha2-nistp256 AAAA7\n";
-        let index = KnownHosts::parse(text);
-        let keys = |host: &str| -> Vec<String> {
-            index
-                .candidates(host)
-                .iter()
-                .map(|l| l.split_whitespace().nth(2).unwrap().to_owned())
-                .collect()
-        };
-        assert_eq!(keys("web1"), ["AAAA1", "AAAA2", "AAAA5", "AAAA7"]);
-        assert_eq!(keys("[web1]:2222"), ["AAAA2", "AAAA3", "AAAA5"]);
-        assert_eq!(keys("web2"), ["AAAA2", "AAAA5", "AAAA6"]);
-        assert_eq!(keys("unknown"), ["AAAA2", "AAAA5"]);
-        assert_eq!(&*index.revoked[0], "web1 ssh-ed25519 AAAA4");
-        assert!(index.authorities.is_empty());
-    }
 }

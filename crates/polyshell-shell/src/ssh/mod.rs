@@ -8,6 +8,7 @@ mod connect;
 mod driver;
 mod gate;
 mod keys;
+mod known_hosts;
 mod target;
 
 pub use auth::KeyPassphrases;

@@ -259,9 +259,14 @@ impl IndexedConfig {
         matching.sort_unstable();
         matching.dedup();
         let mut params = HostParams::new(&DefaultAlgorithms::empty());
+        // IdentityFile adds up across blocks in OpenSSH ("all these identities will be
+        // tried in sequence"); ssh2-config keeps the first block's.
+        let mut identity_files = Vec::new();
         for i in matching {
             params.overwrite_if_none(&hosts[i].params);
+            identity_files.extend(hosts[i].params.identity_file.iter().flatten().cloned());
         }
+        params.identity_file = (!identity_files.is_empty()).then_some(identity_files);
         params
     }
 }
@@ -597,6 +602,19 @@ mod tests {
         // One IdentityFile: the defaults are not tried.
         let one = resolve_with("Host *\n  IdentityFile /k/mine\n", "a").unwrap();
         assert_eq!(one.identities, [(PathBuf::from("/k/mine"), true)]);
+        // Every matching block's IdentityFile adds to the list, in file order.
+        let two = resolve_with(
+            "Host a\n  IdentityFile /k/a\nHost *\n  IdentityFile /k/all\n",
+            "a",
+        )
+        .unwrap();
+        assert_eq!(
+            two.identities,
+            [
+                (PathBuf::from("/k/a"), true),
+                (PathBuf::from("/k/all"), true)
+            ]
+        );
         let none = resolve_with("Host *\n  IdentityAgent none\n", "a").unwrap();
         assert_eq!(none.agent, AgentChoice::None);
     }
