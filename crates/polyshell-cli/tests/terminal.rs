@@ -424,3 +424,30 @@ fn an_encrypted_key_is_asked_for_once_on_the_terminal_for_twenty_sites() {
         assert!(text.contains("DEBUG"), "-vvv logs were on");
     }
 }
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn ctrl_c_at_the_passphrase_prompt_aborts_the_run_cleanly() {
+    let fleet = Fleet::load();
+    let dir = tempfile::tempdir().unwrap();
+    let config = fleet.ssh_config_with_key(dir.path(), &fleet.locked_identity);
+    let marker = dir.path().join("never-ran");
+    let mut s = session_with_config(
+        &config,
+        &[
+            "-H",
+            "site[021-030]",
+            "run",
+            "--",
+            &format!("touch {}", marker.display()),
+        ],
+    );
+    s.expect("[polyshell] passphrase for key")
+        .expect("the prompt");
+    s.send([0x03u8]).unwrap(); // Ctrl-C
+    let rest = s.expect(Eof).expect("polyshell ends");
+    let text = strip_ansi(&[rest.before(), rest.as_bytes()].concat());
+    assert!(text.contains("the passphrase prompt was aborted"), "{text}");
+    assert!(text.contains("10 sites: 0 ok"), "{text}");
+    assert!(!marker.exists(), "nothing may run after an aborted prompt");
+}

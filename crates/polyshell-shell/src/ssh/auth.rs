@@ -94,6 +94,12 @@ impl KeyPassphrases {
         KeyPassphrases::new(prompter)
     }
 
+    /// Forgets every decrypted key and every failure: the next site needing a key asks
+    /// again (for a program that keeps one cache across runs).
+    pub fn forget(&self) {
+        self.keys.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// How many times a passphrase was asked.
     pub fn prompts(&self) -> u64 {
         self.prompts.load(Ordering::SeqCst)
