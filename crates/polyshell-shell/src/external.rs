@@ -204,7 +204,7 @@ impl Drop for ExternalProcess {
             return; // the local ssh's process group is still killed by its own drop
         };
         let (done, wait) = tokio::sync::oneshot::channel();
-        crate::ssh::register_termination(wait);
+        crate::terminations::register(wait);
         runtime.spawn(async move {
             remote.terminate().await;
             let _ = done.send(());

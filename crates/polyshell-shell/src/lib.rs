@@ -33,9 +33,11 @@ mod external;
 mod local;
 mod output;
 pub mod process;
+#[cfg(feature = "ssh")]
 mod ssh;
 mod stream_transfer;
 mod sudo;
+mod terminations;
 mod transfer;
 
 pub use command::{quote, Command};
@@ -43,7 +45,9 @@ pub use error::{ErrorKind, ShellError};
 pub use output::{
     signal_number, ExitStatus, Line, Output, OutputSink, Stream, DEFAULT_CAPTURE_LIMIT, MAX_LINE,
 };
-pub use ssh::{flush_terminations, HostKeyPolicy, KeyPassphrases, SshOptions};
+#[cfg(feature = "ssh")]
+pub use ssh::{HostKeyPolicy, KeyPassphrases, SshOptions};
+pub use terminations::flush_terminations;
 
 use async_trait::async_trait;
 use polyshell_auth::{NoPrompter, PasswordAgent, TerminalPrompter};
@@ -140,12 +144,14 @@ impl Shell {
     }
 
     /// An SSH shell to `host` (a host name or an ssh_config alias), configured by
-    /// `~/.ssh/config`. Connects at the first command.
+    /// `~/.ssh/config`. Connects at the first command. (Cargo feature `ssh`, on by default.)
+    #[cfg(feature = "ssh")]
     pub fn ssh(host: &str) -> Shell {
         Shell::with_ssh(SshOptions::new(host))
     }
 
-    /// An SSH shell with explicit options (which win over ssh_config).
+    /// An SSH shell with explicit options (which win over ssh_config). (Cargo feature `ssh`.)
+    #[cfg(feature = "ssh")]
     pub fn with_ssh(options: SshOptions) -> Shell {
         let site = options.host.clone();
         Shell::with_transport(&site, Arc::new(ssh::SshTransport::new(options)))
