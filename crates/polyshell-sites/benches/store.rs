@@ -26,5 +26,27 @@ fn add_and_list_100k(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, add_and_list_100k);
+/// Every site's roles, as the scheduler asks at schedule build and the summary: linear in
+/// the sites (it was a scan of every role per site, and every site is a role).
+fn roles_of_every_site(c: &mut Criterion) {
+    let mut group = c.benchmark_group("site_store");
+    group.sample_size(10);
+    for n in [1_000usize, 10_000] {
+        let sites = SiteStore::new();
+        for rack in 0..10 {
+            let names = range::expand(&format!("r{rack}n[1-{}]", n / 10)).unwrap();
+            sites.add(names, ["compute", &format!("rack{rack}")], json!({}));
+        }
+        let names = sites.list("all", ());
+        group.bench_function(format!("roles_of every site, {n} sites"), |b| {
+            b.iter(|| {
+                let total: usize = names.iter().map(|s| sites.roles_of(s).len()).sum();
+                assert_eq!(total, n * 3);
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, add_and_list_100k, roles_of_every_site);
 criterion_main!(benches);

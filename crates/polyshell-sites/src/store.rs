@@ -5,7 +5,7 @@ use crate::config::{Config, Site, Values};
 use dashmap::DashMap;
 use serde_json::Value;
 use std::any::{Any, TypeId};
-use std::collections::HashSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -81,6 +81,9 @@ pub struct SiteStore {
 struct Inner {
     sites: DashMap<String, SiteEntry>,
     roles: DashMap<String, RoleEntry>,
+    /// The reverse of `roles`: each site's roles, sorted, so `roles_of` costs the site's own
+    /// roles, not a scan of every role (every site is a role: that scan was O(sites)).
+    site_roles: DashMap<String, BTreeSet<String>>,
     next_seq: AtomicU64,
 }
 
@@ -156,6 +159,11 @@ impl SiteStore {
             .or_default()
             .members
             .insert(site.to_owned());
+        self.inner
+            .site_roles
+            .entry(site.to_owned())
+            .or_default()
+            .insert(role.to_owned());
     }
 
     /// A copy of the site called `name`; changing it changes nothing stored. A role that is
@@ -268,15 +276,11 @@ impl SiteStore {
 
     /// The roles `site` is in (its own name included), sorted.
     pub fn roles_of(&self, site: &str) -> Vec<String> {
-        let mut roles: Vec<String> = self
-            .inner
-            .roles
-            .iter()
-            .filter(|r| r.members.contains(site))
-            .map(|r| r.key().clone())
-            .collect();
-        roles.sort();
-        roles
+        self.inner
+            .site_roles
+            .get(site)
+            .map(|roles| roles.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Every role name, sorted (the implicit `all` excluded).
