@@ -1,11 +1,13 @@
 //! known_hosts files as OpenSSH reads them (sshd(8), SSH_KNOWN_HOSTS FILE FORMAT): plain,
 //! hashed and pattern entries, and the `@revoked` and `@cert-authority` markers.
 //!
-//! libssh2 compares keys and matches hashed names (`|1|salt|hash`), but knows neither host
-//! patterns (`*`, `?`, `!negation`) nor markers. So each file is indexed once per run, and for
-//! one host polyshell hands libssh2 only the lines that may concern it: plain lines naming
-//! it, hashed lines (libssh2 decides), and pattern lines whose patterns match, rewritten with
-//! the host's own name. A fleet's known_hosts is thus not re-fed whole for every site.
+//! libssh2 compares keys, but knows neither host patterns (`*`, `?`, `!negation`) nor
+//! markers, and matching a hashed name (`|1|salt|hash`) means feeding it the whole line. So
+//! each file is indexed once per run (hashed names decoded once), and for one host polyshell
+//! hands libssh2 only the lines that concern it, rewritten to name the host: plain lines
+//! naming it, hashed lines whose HMAC-SHA1 of the host matches (one HMAC per hashed line,
+//! as OpenSSH does), pattern lines whose patterns match. A fleet's known_hosts is thus not
+//! re-parsed whole for every site.
 
 use super::cache::FileCache;
 use super::target::Target;
@@ -14,10 +16,42 @@ use std::sync::Arc;
 
 /// How a line names its hosts.
 enum Hosts {
-    /// Hashed (`|1|...`): only libssh2 can tell.
-    Hashed,
+    /// Hashed (`|1|salt|hash`), decoded: the host is the one whose HMAC-SHA1 keyed with the
+    /// salt is the hash.
+    Hashed { salt: Vec<u8>, hash: Vec<u8> },
     /// Patterns or negations: matched here.
     Patterns(Arc<str>),
+}
+
+impl Hosts {
+    /// `hosts` (a line's first field) when it is hashed or has patterns; `None` for a plain
+    /// list of names, or a hashed field that does not decode (OpenSSH ignores such lines).
+    fn parse(hosts: &str) -> Option<Hosts> {
+        use base64::Engine;
+        if let Some(hashed) = hosts.strip_prefix("|1|") {
+            let (salt, hash) = hashed.split_once('|')?;
+            let decode = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+            return Some(Hosts::Hashed {
+                salt: decode(salt)?,
+                hash: decode(hash)?,
+            });
+        }
+        is_pattern(hosts).then(|| Hosts::Patterns(hosts.into()))
+    }
+
+    fn matches(&self, label: &str) -> bool {
+        match self {
+            Hosts::Hashed { salt, hash } => {
+                use hmac::{Hmac, Mac};
+                let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(salt) else {
+                    return false;
+                };
+                mac.update(label.as_bytes());
+                mac.verify_slice(hash).is_ok()
+            }
+            Hosts::Patterns(patterns) => host_matches(patterns, label),
+        }
+    }
 }
 
 /// One known_hosts file, indexed.
@@ -58,10 +92,10 @@ impl KnownHosts {
                 continue;
             }
             let line: Arc<str> = line.into();
-            if hosts.starts_with("|1|") {
-                index.general.push((n, Hosts::Hashed, line));
-            } else if is_pattern(hosts) {
-                index.general.push((n, Hosts::Patterns(hosts.into()), line));
+            if let Some(parsed) = Hosts::parse(hosts) {
+                index.general.push((n, parsed, line));
+            } else if hosts.starts_with("|1|") {
+                continue; // a hashed name that does not decode names nobody
             } else {
                 for host in hosts.split(',') {
                     index
@@ -86,13 +120,8 @@ impl KnownHosts {
             .cloned()
             .collect();
         for (n, hosts, line) in &self.general {
-            match hosts {
-                Hosts::Hashed => lines.push((*n, line.clone())),
-                Hosts::Patterns(patterns) => {
-                    if let Some(line) = for_host(patterns, line, label) {
-                        lines.push((*n, line));
-                    }
-                }
+            if hosts.matches(label) {
+                lines.push((*n, rename(line, label)));
             }
         }
         lines.sort_unstable_by_key(|(n, _)| *n);
@@ -101,16 +130,22 @@ impl KnownHosts {
     }
 }
 
-/// `line` (whose host field is `hosts`) for libssh2 when it concerns `label`: hashed lines as
-/// they are, pattern and plain lines rewritten to name `label`; `None` when it does not.
-fn for_host(hosts: &str, line: &str, label: &str) -> Option<Arc<str>> {
-    if hosts.starts_with("|1|") {
-        return Some(line.into());
-    }
-    host_matches(hosts, label).then(|| {
-        let rest = line[hosts.len()..].trim_start();
-        format!("{label} {rest}").into()
-    })
+/// `line` with its hosts field replaced by `label`.
+fn rename(line: &str, label: &str) -> Arc<str> {
+    let hosts = line.split_whitespace().next().unwrap_or("");
+    let rest = line[hosts.len()..].trim_start();
+    format!("{label} {rest}").into()
+}
+
+/// `line` (hosts field first) renamed to `label` when its hosts field names `label`.
+fn for_host(line: &str, label: &str) -> Option<Arc<str>> {
+    let hosts = line.split_whitespace().next()?;
+    let names = match Hosts::parse(hosts) {
+        Some(parsed) => parsed.matches(label),
+        None if hosts.starts_with("|1|") => false,
+        None => host_matches(hosts, label),
+    };
+    names.then(|| rename(line, label))
 }
 
 /// OpenSSH's `match_hostname`: `patterns` is a comma list of `*`/`?` patterns; a matching
@@ -165,9 +200,9 @@ fn glob(pattern: &[u8], text: &[u8]) -> bool {
 pub(crate) struct Known {
     /// Entries naming the host (see the module docs).
     pub lines: Vec<Arc<str>>,
-    /// `@revoked` entries that may name it (marker taken off, patterns rewritten).
+    /// `@revoked` entries naming it (marker taken off, renamed).
     pub revoked: Vec<Arc<str>>,
-    /// `@cert-authority` entries as they are (marker taken off).
+    /// `@cert-authority` entries naming it (marker taken off, renamed).
     pub authorities: Vec<Arc<str>>,
 }
 
@@ -177,17 +212,6 @@ pub(crate) fn host_label(target: &Target) -> String {
         target.hostname.clone()
     } else {
         format!("[{}]:{}", target.hostname, target.port)
-    }
-}
-
-/// Whether an `@cert-authority` line's hosts field names `label` (hashed fields: `None`,
-/// only libssh2 can tell).
-pub(crate) fn authority_names(line: &str, label: &str) -> Option<bool> {
-    let hosts = line.split_whitespace().next()?;
-    if hosts.starts_with("|1|") {
-        None
-    } else {
-        Some(host_matches(hosts, label))
     }
 }
 
@@ -202,11 +226,18 @@ pub(crate) fn candidate_lines(target: &Target) -> Known {
             std::fs::read_to_string(file).map(|text| KnownHosts::parse(&text))
         }) {
             out.lines.extend(index.candidates(&label));
-            out.revoked.extend(index.revoked.iter().filter_map(|line| {
-                let hosts = line.split_whitespace().next()?;
-                for_host(hosts, line, &label)
-            }));
-            out.authorities.extend(index.authorities.iter().cloned());
+            out.revoked.extend(
+                index
+                    .revoked
+                    .iter()
+                    .filter_map(|line| for_host(line, &label)),
+            );
+            out.authorities.extend(
+                index
+                    .authorities
+                    .iter()
+                    .filter_map(|line| for_host(line, &label)),
+            );
         }
     }
     out
@@ -218,9 +249,23 @@ mod tests {
 
     #[test]
     fn candidates_are_the_host_s_lines_hashed_lines_and_matching_patterns_in_file_order() {
-        let text = "# comment\n\
+        // `ssh-keygen -H` of web1 with salt "salt": HMAC-SHA1(key "salt", "web1").
+        let hashed = {
+            use base64::Engine;
+            use hmac::{Hmac, Mac};
+            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(b"salt").unwrap();
+            mac.update(b"web1");
+            let b64 = base64::engine::general_purpose::STANDARD;
+            format!(
+                "|1|{}|{}",
+                b64.encode(b"salt"),
+                b64.encode(mac.finalize().into_bytes())
+            )
+        };
+        let text = format!(
+            "# comment\n\
                     web1,10.0.0.1 ssh-ed25519 AAAA1\n\
-                    |1|c2FsdA==|aGFzaA== ssh-ed25519 AAAA2\n\
+                    {hashed} ssh-ed25519 AAAA2\n\
                     [web1]:2222 ssh-ed25519 AAAA3\n\
                     @revoked web1 ssh-ed25519 AAAA4\n\
                     *.example.org,!bad.example.org ssh-rsa AAAA5\n\
@@ -228,8 +273,10 @@ mod tests {
                     \n\
                     10.0.0.1,WEB1 ecdsa-sha2-nistp256 AAAA7\n\
                     [web?]:22* ssh-ed25519 AAAA8\n\
-                    @cert-authority *.example.org ssh-ed25519 AAAA9\n";
-        let index = KnownHosts::parse(text);
+                    |1|bad|line ssh-ed25519 AAAA0\n\
+                    @cert-authority *.example.org ssh-ed25519 AAAA9\n"
+        );
+        let index = KnownHosts::parse(&text);
         let lines = |host: &str| -> Vec<String> {
             index
                 .candidates(host)
@@ -244,22 +291,21 @@ mod tests {
                 .collect()
         };
         assert_eq!(keys("web1"), ["AAAA1", "AAAA2", "AAAA7"]);
-        assert_eq!(keys("[web1]:2222"), ["AAAA2", "AAAA3", "AAAA8"]);
-        assert_eq!(keys("web2"), ["AAAA2", "AAAA6"]);
-        assert_eq!(keys("a.example.org"), ["AAAA2", "AAAA5"]);
-        assert_eq!(keys("bad.example.org"), ["AAAA2"]);
-        // A pattern line reaches libssh2 naming the host itself.
-        assert_eq!(lines("A.example.org")[1], "A.example.org ssh-rsa AAAA5");
+        assert_eq!(keys("[web1]:2222"), ["AAAA3", "AAAA8"]);
+        assert_eq!(keys("web2"), ["AAAA6"]);
+        assert_eq!(keys("a.example.org"), ["AAAA5"]);
+        assert!(keys("bad.example.org").is_empty());
+        // Pattern and hashed lines reach libssh2 naming the host itself.
+        assert_eq!(lines("A.example.org")[0], "A.example.org ssh-rsa AAAA5");
+        assert_eq!(lines("web1")[1], "web1 ssh-ed25519 AAAA2");
         assert_eq!(&*index.revoked[0], "web1 ssh-ed25519 AAAA4");
         assert_eq!(&*index.authorities[0], "*.example.org ssh-ed25519 AAAA9");
+        let ca = |host: &str| for_host(&index.authorities[0], host).map(|l| l.to_string());
         assert_eq!(
-            authority_names(&index.authorities[0], "x.example.org"),
-            Some(true)
+            ca("x.example.org").unwrap(),
+            "x.example.org ssh-ed25519 AAAA9"
         );
-        assert_eq!(
-            authority_names(&index.authorities[0], "example.org"),
-            Some(false)
-        );
+        assert_eq!(ca("example.org"), None);
     }
 
     #[test]
