@@ -403,28 +403,22 @@ fn make_tree(root: &Path) {
 /// Every path under `root` with its mode and content (links as their target).
 fn describe_tree(root: &Path) -> BTreeMap<String, (u32, Vec<u8>)> {
     let mut out = BTreeMap::new();
-    let mut stack = vec![PathBuf::new()];
-    while let Some(rel) = stack.pop() {
-        let path = root.join(&rel);
-        let meta = std::fs::symlink_metadata(&path).unwrap();
-        let content = if meta.file_type().is_symlink() {
-            std::fs::read_link(&path)
-                .unwrap()
-                .into_os_string()
-                .into_encoded_bytes()
+    for entry in walkdir::WalkDir::new(root).follow_links(false) {
+        let entry = entry.unwrap();
+        let path = entry.path();
+        let meta = std::fs::symlink_metadata(path).unwrap();
+        let (mode, content) = if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(path).unwrap();
+            (0, target.into_os_string().into_encoded_bytes())
         } else if meta.is_dir() {
-            for entry in std::fs::read_dir(&path).unwrap() {
-                stack.push(rel.join(entry.unwrap().file_name()));
-            }
-            Vec::new()
+            (meta.permissions().mode() & 0o7777, Vec::new())
         } else {
-            std::fs::read(&path).unwrap()
+            (
+                meta.permissions().mode() & 0o7777,
+                std::fs::read(path).unwrap(),
+            )
         };
-        let mode = if meta.file_type().is_symlink() {
-            0
-        } else {
-            meta.permissions().mode() & 0o7777
-        };
+        let rel = path.strip_prefix(root).unwrap();
         out.insert(rel.display().to_string(), (mode, content));
     }
     out

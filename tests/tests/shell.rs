@@ -519,23 +519,16 @@ async fn refused_and_silent_hosts_fail_while_others_succeed() {
 fn tree(root: &std::path::Path) -> Vec<(String, u32, Vec<u8>)> {
     use std::os::unix::fs::PermissionsExt;
     let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap() {
-            let e = e.unwrap();
-            let meta = e.metadata().unwrap();
-            let rel = e.path().strip_prefix(root).unwrap().display().to_string();
-            if meta.is_dir() {
-                out.push((rel, meta.permissions().mode() & 0o7777, Vec::new()));
-                stack.push(e.path());
-            } else {
-                out.push((
-                    rel,
-                    meta.permissions().mode() & 0o7777,
-                    std::fs::read(e.path()).unwrap(),
-                ));
-            }
-        }
+    for e in walkdir::WalkDir::new(root).min_depth(1).follow_links(false) {
+        let e = e.unwrap();
+        let meta = e.metadata().unwrap();
+        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+        let content = if meta.is_dir() {
+            Vec::new()
+        } else {
+            std::fs::read(e.path()).unwrap()
+        };
+        out.push((rel, meta.permissions().mode() & 0o7777, content));
     }
     out.sort();
     out

@@ -48,23 +48,33 @@ fn copy_blocking(from: &Path, to: &Path) -> Result<(), ErrorKind> {
 }
 
 fn copy_tree(from: &Path, to: &Path) -> Result<(), ErrorKind> {
-    for entry in std::fs::read_dir(from).map_err(|e| err(from, e))? {
-        let entry = entry.map_err(|e| err(from, e))?;
+    // Directories get their modes last, deepest first: a read-only one must not stop the
+    // copy of what it holds.
+    let mut dirs = Vec::new();
+    for entry in walkdir::WalkDir::new(from).min_depth(1).follow_links(false) {
+        let entry = entry.map_err(|e| {
+            let path = e.path().unwrap_or(from).to_owned();
+            err(&path, e.into())
+        })?;
         let path = entry.path();
-        let dest = to.join(entry.file_name());
-        let meta = std::fs::symlink_metadata(&path).map_err(|e| err(&path, e))?;
-        if meta.file_type().is_symlink() {
-            let link = std::fs::read_link(&path).map_err(|e| err(&path, e))?;
+        let rel = path.strip_prefix(from).unwrap_or(path);
+        let dest = to.join(rel);
+        let kind = entry.file_type();
+        if kind.is_symlink() {
+            let link = std::fs::read_link(path).map_err(|e| err(path, e))?;
             let _ = std::fs::remove_file(&dest);
             std::os::unix::fs::symlink(link, &dest).map_err(|e| err(&dest, e))?;
-        } else if meta.is_dir() {
+        } else if kind.is_dir() {
             std::fs::create_dir_all(&dest).map_err(|e| err(&dest, e))?;
-            copy_tree(&path, &dest)?;
-            std::fs::set_permissions(&dest, meta.permissions()).map_err(|e| err(&dest, e))?;
+            let meta = entry.metadata().map_err(|e| err(path, e.into()))?;
+            dirs.push((dest, meta.permissions()));
         } else {
             // std::fs::copy keeps the permission bits.
-            std::fs::copy(&path, &dest).map_err(|e| err(&dest, e))?;
+            std::fs::copy(path, &dest).map_err(|e| err(&dest, e))?;
         }
+    }
+    for (dir, permissions) in dirs.into_iter().rev() {
+        std::fs::set_permissions(&dir, permissions).map_err(|e| err(&dir, e))?;
     }
     Ok(())
 }

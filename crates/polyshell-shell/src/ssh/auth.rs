@@ -9,7 +9,7 @@
 //! Every step that fails adds a line to the error (`KEY: not accepted by the server`, `KEY:
 //! key is encrypted and ...`), so an operator sees what was offered and why each failed.
 
-use super::driver::{retry, SocketFd};
+use super::driver::{is_fatal, retry, SocketFd};
 use super::keys::{self, KeyFile, Unlocked};
 use super::target::{AgentChoice, Target};
 use crate::error::ErrorKind;
@@ -247,20 +247,6 @@ fn why(error: &ssh2::Error) -> String {
     }
 }
 
-/// Whether `error` ends the connection (nothing more can be tried on it).
-fn fatal(error: &ssh2::Error) -> bool {
-    matches!(
-        error.code(),
-        ssh2::ErrorCode::Session(
-            libssh2_sys::LIBSSH2_ERROR_SOCKET_SEND
-                | libssh2_sys::LIBSSH2_ERROR_SOCKET_RECV
-                | libssh2_sys::LIBSSH2_ERROR_SOCKET_DISCONNECT
-                | libssh2_sys::LIBSSH2_ERROR_SOCKET_TIMEOUT
-                | libssh2_sys::LIBSSH2_ERROR_TIMEOUT
-        )
-    )
-}
-
 /// The ssh-agent's identities, or none (with a line for the report when the agent was
 /// wanted and could not be used).
 fn agent_identities(
@@ -345,7 +331,7 @@ pub(crate) async fn authenticate(
                             identity.name(offer),
                             why(&e)
                         ));
-                        if fatal(&e) {
+                        if is_fatal(&e) {
                             return Err(failed(report));
                         }
                     }
@@ -368,7 +354,7 @@ pub(crate) async fn authenticate(
                         return Ok(());
                     }
                     Ok(()) => rejected.push(key.comment().to_owned()),
-                    Err(e) if fatal(&e) => {
+                    Err(e) if is_fatal(&e) => {
                         report.push(format!("ssh-agent key `{}`: {}", key.comment(), why(&e)));
                         return Err(failed(report));
                     }
@@ -417,7 +403,7 @@ async fn try_file(
             Ok(()) => report.push(format!("{name}: not accepted by the server")),
             Err(e) => {
                 report.push(format!("{name}: {}", why(&e)));
-                if fatal(&e) {
+                if is_fatal(&e) {
                     return Err(());
                 }
             }

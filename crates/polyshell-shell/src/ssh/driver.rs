@@ -17,7 +17,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
 /// libssh2's "would block".
-const EAGAIN: i32 = -37;
+const EAGAIN: i32 = libssh2_sys::LIBSSH2_ERROR_EAGAIN;
 const CHUNK: usize = 32 * 1024;
 /// Bytes of stdin a writer may have in flight to one channel.
 pub(crate) const STDIN_CREDIT: usize = 1024 * 1024;
@@ -56,7 +56,12 @@ pub(crate) async fn retry<T>(
         match super::gate::measured(&mut call) {
             Err(e) if is_eagain(&e) => {
                 wait_socket(session, fd).await.map_err(|io| {
-                    ssh2::Error::new(ssh2::ErrorCode::Session(-7), leak(io.to_string()))
+                    // ssh2::Error takes a static message: the kind's, the rest logged.
+                    tracing::debug!("waiting on the SSH socket failed: {io}");
+                    ssh2::Error::new(
+                        ssh2::ErrorCode::Session(libssh2_sys::LIBSSH2_ERROR_SOCKET_SEND),
+                        socket_error(io.kind()),
+                    )
                 })?;
             }
             other => return other,
@@ -64,9 +69,16 @@ pub(crate) async fn retry<T>(
     }
 }
 
-fn leak(s: String) -> &'static str {
-    // ssh2::Error wants a static message; socket errors are rare and end the connection.
-    Box::leak(s.into_boxed_str())
+/// A static description of a socket error, for `ssh2::Error`.
+fn socket_error(kind: std::io::ErrorKind) -> &'static str {
+    use std::io::ErrorKind::*;
+    match kind {
+        ConnectionReset => "the connection was reset",
+        ConnectionAborted => "the connection was aborted",
+        BrokenPipe => "the connection was closed",
+        TimedOut => "the socket timed out",
+        _ => "the socket failed",
+    }
 }
 
 /// What a channel is for.
@@ -209,11 +221,20 @@ struct Op {
 const PID_WAIT: Duration = Duration::from_secs(10);
 
 /// Whether a libssh2 error ends the whole connection rather than one channel.
-fn is_fatal(err: &ssh2::Error) -> bool {
+pub(crate) fn is_fatal(err: &ssh2::Error) -> bool {
     // Socket send/recv failures, disconnects, timeouts, protocol and key exchange errors.
     matches!(
         err.code(),
-        ssh2::ErrorCode::Session(-7 | -9 | -13 | -14 | -43 | -8 | -5 | -45)
+        ssh2::ErrorCode::Session(
+            libssh2_sys::LIBSSH2_ERROR_SOCKET_SEND
+                | libssh2_sys::LIBSSH2_ERROR_TIMEOUT
+                | libssh2_sys::LIBSSH2_ERROR_SOCKET_DISCONNECT
+                | libssh2_sys::LIBSSH2_ERROR_PROTO
+                | libssh2_sys::LIBSSH2_ERROR_SOCKET_RECV
+                | libssh2_sys::LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE
+                | libssh2_sys::LIBSSH2_ERROR_KEX_FAILURE
+                | libssh2_sys::LIBSSH2_ERROR_BAD_SOCKET
+        )
     )
 }
 
