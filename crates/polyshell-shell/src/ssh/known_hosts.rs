@@ -11,36 +11,37 @@
 
 use super::cache::FileCache;
 use super::target::Target;
+use ssh_key::known_hosts::{Entry, HostPatterns, Marker};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 /// How a line names its hosts.
 enum Hosts {
-    /// Hashed (`|1|salt|hash`), decoded: the host is the one whose HMAC-SHA1 keyed with the
-    /// salt is the hash.
-    Hashed { salt: Vec<u8>, hash: Vec<u8> },
-    /// Patterns or negations: matched here.
-    Patterns(Arc<str>),
+    /// Plain names (lowercased).
+    Names(Vec<String>),
+    /// Hashed (`|1|salt|hash`): the host is the one whose HMAC-SHA1 keyed with the salt is
+    /// the hash.
+    Hashed { salt: Vec<u8>, hash: [u8; 20] },
+    /// Patterns or negations (a comma list): matched here.
+    Patterns(String),
 }
 
 impl Hosts {
-    /// `hosts` (a line's first field) when it is hashed or has patterns; `None` for a plain
-    /// list of names, or a hashed field that does not decode (OpenSSH ignores such lines).
-    fn parse(hosts: &str) -> Option<Hosts> {
-        use base64::Engine;
-        if let Some(hashed) = hosts.strip_prefix("|1|") {
-            let (salt, hash) = hashed.split_once('|')?;
-            let decode = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
-            return Some(Hosts::Hashed {
-                salt: decode(salt)?,
-                hash: decode(hash)?,
-            });
+    fn new(patterns: HostPatterns) -> Hosts {
+        match patterns {
+            HostPatterns::HashedName { salt, hash } => Hosts::Hashed { salt, hash },
+            HostPatterns::Patterns(names) if names.iter().any(|n| is_pattern(n)) => {
+                Hosts::Patterns(names.join(","))
+            }
+            HostPatterns::Patterns(names) => {
+                Hosts::Names(names.iter().map(|n| n.to_ascii_lowercase()).collect())
+            }
         }
-        is_pattern(hosts).then(|| Hosts::Patterns(hosts.into()))
     }
 
     fn matches(&self, label: &str) -> bool {
         match self {
+            Hosts::Names(names) => names.iter().any(|n| n.eq_ignore_ascii_case(label)),
             Hosts::Hashed { salt, hash } => {
                 use hmac::{Hmac, Mac};
                 let Ok(mut mac) = Hmac::<sha1::Sha1>::new_from_slice(salt) else {
@@ -54,17 +55,34 @@ impl Hosts {
     }
 }
 
+/// One entry: how it names hosts, and the rest of its line (key type, key, comment).
+struct Line {
+    hosts: Hosts,
+    rest: Arc<str>,
+}
+
+impl Line {
+    /// The line as libssh2 reads it, naming `label`, when it names `label`.
+    fn for_host(&self, label: &str) -> Option<Arc<str>> {
+        self.hosts
+            .matches(label)
+            .then(|| format!("{label} {}", self.rest).into())
+    }
+}
+
 /// One known_hosts file, indexed.
 #[derive(Default)]
 struct KnownHosts {
-    /// Plain entries, by each host name they list: (line number, line).
-    by_host: HashMap<String, Vec<(usize, Arc<str>)>>,
-    /// Hashed and pattern entries: (line number, how it names hosts, line).
-    general: Vec<(usize, Hosts, Arc<str>)>,
-    /// `@revoked` lines, the marker taken off.
-    revoked: Vec<Arc<str>>,
-    /// `@cert-authority` lines, the marker taken off.
-    authorities: Vec<Arc<str>>,
+    /// Every unmarked entry, in file order.
+    lines: Vec<Line>,
+    /// Entries with plain names, by each name (lowercased): indexes into `lines`.
+    by_host: HashMap<String, Vec<usize>>,
+    /// Hashed and pattern entries: indexes into `lines`.
+    general: Vec<usize>,
+    /// `@revoked` entries.
+    revoked: Vec<Line>,
+    /// `@cert-authority` entries.
+    authorities: Vec<Line>,
 }
 
 fn is_pattern(hosts: &str) -> bool {
@@ -72,80 +90,66 @@ fn is_pattern(hosts: &str) -> bool {
 }
 
 impl KnownHosts {
+    /// Each line parsed by `ssh-key` (fields separated by any whitespace, as OpenSSH reads
+    /// them); a line it cannot parse is skipped, as OpenSSH skips it.
     fn parse(text: &str) -> KnownHosts {
         let mut index = KnownHosts::default();
         for (n, line) in text.lines().enumerate() {
-            let line = line.trim_start();
-            let Some(hosts) = line.split_whitespace().next() else {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.first().is_none_or(|f| f.starts_with('#')) {
+                continue;
+            }
+            let Ok(entry) = fields.join(" ").parse::<Entry>() else {
+                tracing::debug!("known_hosts line {} skipped: not an entry", n + 1);
                 continue;
             };
-            if hosts.starts_with('#') {
-                continue;
-            }
-            if let Some(marker) = hosts.strip_prefix('@') {
-                let rest: Arc<str> = line[hosts.len()..].trim_start().into();
-                match marker {
-                    "revoked" => index.revoked.push(rest),
-                    "cert-authority" => index.authorities.push(rest),
-                    _ => {}
-                }
-                continue;
-            }
-            let line: Arc<str> = line.into();
-            if let Some(parsed) = Hosts::parse(hosts) {
-                index.general.push((n, parsed, line));
-            } else if hosts.starts_with("|1|") {
-                continue; // a hashed name that does not decode names nobody
-            } else {
-                for host in hosts.split(',') {
-                    index
-                        .by_host
-                        .entry(host.to_ascii_lowercase())
-                        .or_default()
-                        .push((n, line.clone()));
+            let skip = usize::from(entry.marker().is_some()) + 1;
+            let line = Line {
+                hosts: Hosts::new(entry.host_patterns().clone()),
+                rest: fields[skip..].join(" ").into(),
+            };
+            match entry.marker() {
+                Some(Marker::Revoked) => index.revoked.push(line),
+                Some(Marker::CertAuthority) => index.authorities.push(line),
+                None => {
+                    let i = index.lines.len();
+                    match &line.hosts {
+                        Hosts::Names(names) => {
+                            for name in names {
+                                index.by_host.entry(name.clone()).or_default().push(i);
+                            }
+                        }
+                        _ => index.general.push(i),
+                    }
+                    index.lines.push(line);
                 }
             }
         }
         index
     }
 
-    /// The lines that may concern `label` (`host` or `[host]:port`), in file order, pattern
-    /// lines rewritten to name `label`.
+    /// The lines naming `label` (`host` or `[host]:port`), in file order, renamed to it.
     fn candidates(&self, label: &str) -> Vec<Arc<str>> {
-        let mut lines: Vec<(usize, Arc<str>)> = self
+        let mut found: Vec<usize> = self
             .by_host
             .get(&label.to_ascii_lowercase())
             .into_iter()
             .flatten()
-            .cloned()
+            .copied()
+            .chain(
+                self.general
+                    .iter()
+                    .copied()
+                    .filter(|&i| self.lines[i].hosts.matches(label)),
+            )
             .collect();
-        for (n, hosts, line) in &self.general {
-            if hosts.matches(label) {
-                lines.push((*n, rename(line, label)));
-            }
-        }
-        lines.sort_unstable_by_key(|(n, _)| *n);
-        lines.dedup_by_key(|(n, _)| *n);
-        lines.into_iter().map(|(_, line)| line).collect()
+        found.sort_unstable();
+        found.dedup();
+        found
+            .into_iter()
+            .filter_map(|i| self.lines[i].for_host(label))
+            .collect()
     }
-}
-
-/// `line` with its hosts field replaced by `label`.
-fn rename(line: &str, label: &str) -> Arc<str> {
-    let hosts = line.split_whitespace().next().unwrap_or("");
-    let rest = line[hosts.len()..].trim_start();
-    format!("{label} {rest}").into()
-}
-
-/// `line` (hosts field first) renamed to `label` when its hosts field names `label`.
-fn for_host(line: &str, label: &str) -> Option<Arc<str>> {
-    let hosts = line.split_whitespace().next()?;
-    let names = match Hosts::parse(hosts) {
-        Some(parsed) => parsed.matches(label),
-        None if hosts.starts_with("|1|") => false,
-        None => host_matches(hosts, label),
-    };
-    names.then(|| rename(line, label))
 }
 
 /// OpenSSH's `match_hostname`: `patterns` is a comma list of `*`/`?` patterns; a matching
@@ -226,18 +230,10 @@ pub(crate) fn candidate_lines(target: &Target) -> Known {
             std::fs::read_to_string(file).map(|text| KnownHosts::parse(&text))
         }) {
             out.lines.extend(index.candidates(&label));
-            out.revoked.extend(
-                index
-                    .revoked
-                    .iter()
-                    .filter_map(|line| for_host(line, &label)),
-            );
-            out.authorities.extend(
-                index
-                    .authorities
-                    .iter()
-                    .filter_map(|line| for_host(line, &label)),
-            );
+            out.revoked
+                .extend(index.revoked.iter().filter_map(|l| l.for_host(&label)));
+            out.authorities
+                .extend(index.authorities.iter().filter_map(|l| l.for_host(&label)));
         }
     }
     out
@@ -262,19 +258,24 @@ mod tests {
                 b64.encode(mac.finalize().into_bytes())
             )
         };
+        const ED: &str =
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINKBEHd79jrTPg0ouZyOnd95Dx4sXahrwpVSMaE96Agx";
+        const EC: &str = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYAAABBBL35uItF1hqG2zKg4zAPg0daUTz3b47ykt1DXJ5HhgdHgxzpI3Oljr9oHZNDMRLmusEhyh3d5zZ1S973KRCb9SE=";
+        // The comment field (the fourth) tells the entries apart.
         let text = format!(
             "# comment\n\
-                    web1,10.0.0.1 ssh-ed25519 AAAA1\n\
-                    {hashed} ssh-ed25519 AAAA2\n\
-                    [web1]:2222 ssh-ed25519 AAAA3\n\
-                    @revoked web1 ssh-ed25519 AAAA4\n\
-                    *.example.org,!bad.example.org ssh-rsa AAAA5\n\
-                    web2 ssh-ed25519 AAAA6\n\
-                    \n\
-                    10.0.0.1,WEB1 ecdsa-sha2-nistp256 AAAA7\n\
-                    [web?]:22* ssh-ed25519 AAAA8\n\
-                    |1|bad|line ssh-ed25519 AAAA0\n\
-                    @cert-authority *.example.org ssh-ed25519 AAAA9\n"
+             web1,10.0.0.1 {ED} k1\n\
+             {hashed} {ED} k2\n\
+             [web1]:2222\t{ED}   k3\n\
+             @revoked web1 {ED} k4\n\
+             *.example.org,!bad.example.org {EC} k5\n\
+             web2 {ED} k6\n\
+             \n\
+             not a known_hosts line\n\
+             10.0.0.1,WEB1 {EC} k7\n\
+             [web?]:22* {ED} k8\n\
+             |1|bad|line {ED} k0\n\
+             @cert-authority *.example.org {ED} k9\n"
         );
         let index = KnownHosts::parse(&text);
         let lines = |host: &str| -> Vec<String> {
@@ -287,23 +288,25 @@ mod tests {
         let keys = |host: &str| -> Vec<String> {
             lines(host)
                 .iter()
-                .map(|l| l.split_whitespace().nth(2).unwrap().to_owned())
+                .map(|l| l.split_whitespace().nth(3).unwrap().to_owned())
                 .collect()
         };
-        assert_eq!(keys("web1"), ["AAAA1", "AAAA2", "AAAA7"]);
-        assert_eq!(keys("[web1]:2222"), ["AAAA3", "AAAA8"]);
-        assert_eq!(keys("web2"), ["AAAA6"]);
-        assert_eq!(keys("a.example.org"), ["AAAA5"]);
+        assert_eq!(keys("web1"), ["k1", "k2", "k7"]);
+        assert_eq!(keys("[web1]:2222"), ["k3", "k8"]);
+        assert_eq!(keys("web2"), ["k6"]);
+        assert_eq!(keys("a.example.org"), ["k5"]);
         assert!(keys("bad.example.org").is_empty());
         // Pattern and hashed lines reach libssh2 naming the host itself.
-        assert_eq!(lines("A.example.org")[0], "A.example.org ssh-rsa AAAA5");
-        assert_eq!(lines("web1")[1], "web1 ssh-ed25519 AAAA2");
-        assert_eq!(&*index.revoked[0], "web1 ssh-ed25519 AAAA4");
-        assert_eq!(&*index.authorities[0], "*.example.org ssh-ed25519 AAAA9");
-        let ca = |host: &str| for_host(&index.authorities[0], host).map(|l| l.to_string());
+        assert_eq!(lines("A.example.org")[0], format!("A.example.org {EC} k5"));
+        assert_eq!(lines("web1")[1], format!("web1 {ED} k2"));
+        assert_eq!(lines("[web1]:2222")[0], format!("[web1]:2222 {ED} k3"));
+        let revoked = |host: &str| index.revoked[0].for_host(host).map(|l| l.to_string());
+        assert_eq!(revoked("web1").unwrap(), format!("web1 {ED} k4"));
+        assert_eq!(revoked("web2"), None);
+        let ca = |host: &str| index.authorities[0].for_host(host).map(|l| l.to_string());
         assert_eq!(
             ca("x.example.org").unwrap(),
-            "x.example.org ssh-ed25519 AAAA9"
+            format!("x.example.org {ED} k9")
         );
         assert_eq!(ca("example.org"), None);
     }
