@@ -30,6 +30,7 @@ usage:
       polyshell vs OpenSSH (and with --peers pssh, pdsh, clustershell, bssh) on a fleet of
       N sites (default 100); tables in target/bench/
   cargo xtask fuzz [--seconds N]      run each fuzz target for N seconds (default 60)
+  cargo xtask man [DIR]               man pages from the CLI's definitions (default target/man)
 ";
 
 fn main() -> ExitCode {
@@ -112,6 +113,26 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
         // Internal: the fleet's delay proxy, started by `fleet up --rtt` (see proxy.rs).
         ["fleet-proxy", rest @ ..] => {
             proxy::run(rest)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ["man", rest @ ..] => {
+            let dir = match rest {
+                [] => workspace_root().join("target").join("man"),
+                [dir] => std::path::PathBuf::from(dir),
+                other => bail!("man: unexpected arguments {other:?}\n{USAGE}"),
+            };
+            let status = std::process::Command::new(env!("CARGO"))
+                .args(["run", "-q", "-p", "polyshell-cli", "--example", "man", "--"])
+                .arg(&dir)
+                .status()?;
+            if !status.success() {
+                bail!("generating the man pages failed ({status})");
+            }
+            println!(
+                "man pages in {} (man -l {}/polyshell.1)",
+                dir.display(),
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         ["fleet", "down"] => {

@@ -24,6 +24,11 @@ Examples:
   polyshell schedule release                           a chain of schedules from Polyfile.toml
   polyshell check                                      validate Polyfile.toml";
 
+/// The command line as clap defines it (for completions and the man page).
+pub fn command() -> clap::Command {
+    Cli::command()
+}
+
 /// Run jobs on many sites at once, over local shells and SSH.
 #[derive(Debug, Parser)]
 #[command(name = "polyshell", version, after_help = EXAMPLES)]

@@ -809,3 +809,20 @@ done
         );
     }
 }
+
+/// `cargo xtask man` renders the man page from the same clap definitions the binary parses.
+#[test]
+fn the_man_page_documents_every_subcommand_and_global_option() {
+    let command = polyshell_cli::cli::command();
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command.clone())
+        .render(&mut page)
+        .unwrap();
+    let page = String::from_utf8(page).unwrap();
+    for sub in command.get_subcommands().filter(|s| !s.is_hide_set()) {
+        assert!(page.contains(sub.get_name()), "{} missing", sub.get_name());
+    }
+    for long in ["ssh\\-config", "known\\-hosts", "dry\\-run", "no\\-record"] {
+        assert!(page.contains(long), "--{long} missing from the man page");
+    }
+}
