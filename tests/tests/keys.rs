@@ -355,3 +355,42 @@ async fn tokens_in_identity_file_and_known_hosts_file_resolve() {
     assert_eq!(out.stdout_text(), "tokens\n");
     assert!(accepted_with(&fleet, "site008", &key));
 }
+
+#[tokio::test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+async fn host_key_alias_names_the_key_in_known_hosts() {
+    let fleet = Fleet::load();
+    let dir = tempfile::tempdir().unwrap();
+    let site = fleet.site("site011");
+    let host_key = std::fs::read_to_string(fleet.dir.join("host_ed25519.pub")).unwrap();
+    let known = dir.path().join("known_hosts");
+    std::fs::write(&known, format!("web-vip {host_key}")).unwrap();
+    let run = |alias: &str| {
+        let config = dir.path().join(format!("config-{}", alias.len()));
+        std::fs::write(
+            &config,
+            format!(
+                "Host vip\n  HostName {}\n  Port 2222\n  User {}\n  IdentityAgent none\n  \
+                 IdentityFile {}\n  UserKnownHostsFile {}\n  StrictHostKeyChecking yes\n{alias}",
+                site.addr,
+                fleet.user,
+                fleet.identity.display(),
+                known.display()
+            ),
+        )
+        .unwrap();
+        let mut opts = SshOptions::new("vip");
+        opts.ssh_config = Some(config);
+        async move { Shell::with_ssh(opts).run("echo vip").await }
+    };
+    let out = bounded("vip", 60, run("  HostKeyAlias web-vip\n"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(out.stdout_text(), "vip\n");
+    // Without the alias the key is looked up under [addr]:2222, which the file lacks.
+    let err = bounded("vip", 60, run("")).await.unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::HostKeyUnknown { .. }),
+        "{err}"
+    );
+}

@@ -212,7 +212,16 @@ fn check_against(
     for line in lines {
         let _ = known.read_str(line, KnownHostFileKind::OpenSSH);
     }
-    Ok(known.check_port(&target.hostname, target.port, key))
+    // The lines name the host by its label (`host`, `[host]:port` or the HostKeyAlias):
+    // compared as a plain name, without libssh2 adding the port again.
+    let label = host_label(target);
+    if label.contains('\0') {
+        return Err(ErrorKind::Handshake {
+            addr: target.addr(),
+            reason: "the host name has a NUL byte".into(),
+        });
+    }
+    Ok(known.check(&label, key))
 }
 
 /// Key types recorded for this host (plain entries only).
@@ -250,6 +259,8 @@ fn verify_host_key(session: &Session, target: &Target, known: &Known) -> Result<
     let files = target
         .known_hosts
         .iter()
+        .chain(&target.global_known_hosts)
+        .filter(|p| p.exists() || target.known_hosts.first() == Some(*p))
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(", ");

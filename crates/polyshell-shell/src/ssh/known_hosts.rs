@@ -210,9 +210,12 @@ pub(crate) struct Known {
     pub authorities: Vec<Arc<str>>,
 }
 
-/// `host` on port 22, `[host]:port` otherwise, as known_hosts writes it.
+/// `host` on port 22, `[host]:port` otherwise, as known_hosts writes it; the `HostKeyAlias`
+/// as it is when there is one (OpenSSH adds no port to it).
 pub(crate) fn host_label(target: &Target) -> String {
-    if target.port == 22 {
+    if let Some(alias) = &target.host_key_alias {
+        alias.clone()
+    } else if target.port == 22 {
         target.hostname.clone()
     } else {
         format!("[{}]:{}", target.hostname, target.port)
@@ -225,7 +228,7 @@ pub(crate) fn candidate_lines(target: &Target) -> Known {
     static CACHE: FileCache<KnownHosts> = FileCache::new();
     let label = host_label(target);
     let mut out = Known::default();
-    for file in &target.known_hosts {
+    for file in target.known_hosts.iter().chain(&target.global_known_hosts) {
         if let Ok(index) = CACHE.get(file, |file| {
             std::fs::read_to_string(file).map(|text| KnownHosts::parse(&text))
         }) {

@@ -85,7 +85,12 @@ pub(crate) struct Target {
     pub identities_only: bool,
     pub agent: AgentChoice,
     pub passphrases: Arc<KeyPassphrases>,
+    /// The user's known_hosts files (new keys are recorded in the first).
     pub known_hosts: Vec<PathBuf>,
+    /// The system's (`GlobalKnownHostsFile`): read, never written.
+    pub global_known_hosts: Vec<PathBuf>,
+    /// `HostKeyAlias`: the name the host key is looked up and recorded under.
+    pub host_key_alias: Option<String>,
     pub policy: HostKeyPolicy,
     pub connect_timeout: Duration,
     /// Keepalive interval; `None` when `ServerAliveInterval 0` turned keepalives off.
@@ -175,6 +180,13 @@ fn expand(text: &str, t: &Tokens, key: &str) -> Result<String, ErrorKind> {
                 Some('l') => out.push_str(&local_hostname()),
                 Some('L') => out.push_str(local_hostname().split('.').next().unwrap_or("")),
                 Some('j') => out.push_str(t.jump),
+                Some('C') => {
+                    // OpenSSH 9.2's: SHA-1 of %l%h%p%r, in hex.
+                    use sha1::Digest;
+                    let text = format!("{}{}{}{}", local_hostname(), t.hostname, t.port, t.user);
+                    let hash = sha1::Sha1::digest(text.as_bytes());
+                    out.extend(hash.iter().map(|b| format!("{b:02x}")));
+                }
                 Some(other) => return Err(bad(format!("the token %{other} is not supported"))),
                 None => return Err(bad("a lone % at the end".into())),
             },
@@ -190,6 +202,10 @@ fn expand(text: &str, t: &Tokens, key: &str) -> Result<String, ErrorKind> {
     }
     Ok(out)
 }
+
+/// OpenSSH's `GlobalKnownHostsFile` default.
+const DEFAULT_GLOBAL_KNOWN_HOSTS: &[&str] =
+    &["/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2"];
 
 /// The identity files OpenSSH tries when none is configured, in its order.
 const DEFAULT_IDENTITIES: &[&str] = &[
@@ -413,6 +429,19 @@ pub(crate) fn resolve(opts: &SshOptions) -> Result<Target, ErrorKind> {
                 .collect::<Result<_, _>>()?,
         },
     };
+    let global_known_hosts = match field("GlobalKnownHostsFile") {
+        files if files.is_empty() => DEFAULT_GLOBAL_KNOWN_HOSTS
+            .iter()
+            .map(PathBuf::from)
+            .collect(),
+        files => files
+            .iter()
+            .flat_map(|f| f.split_whitespace().map(str::to_owned).collect::<Vec<_>>())
+            .filter(|f| !f.eq_ignore_ascii_case("none"))
+            .map(|f| path(&f, "GlobalKnownHostsFile"))
+            .collect::<Result<_, _>>()?,
+    };
+    let host_key_alias = first("HostKeyAlias");
     let policy = match opts.host_key_policy {
         Some(p) => p,
         None => match first("StrictHostKeyChecking") {
@@ -449,6 +478,8 @@ pub(crate) fn resolve(opts: &SshOptions) -> Result<Target, ErrorKind> {
         agent,
         passphrases: opts.passphrases.clone().unwrap_or_else(default_passphrases),
         known_hosts,
+        global_known_hosts,
+        host_key_alias,
         policy,
         connect_timeout,
         keepalive,
@@ -571,8 +602,16 @@ mod tests {
             AgentChoice::Path(PathBuf::from(format!("{home}/agent-{short}")))
         );
         // A token OpenSSH has and polyshell does not is an error naming it, not a file name.
-        let err = resolve_with("Host *\n  IdentityFile ~/.ssh/%C\n", "web1").unwrap_err();
-        assert!(err.to_string().contains("%C is not supported"), "{err}");
+        let err = resolve_with("Host *\n  IdentityFile ~/.ssh/%T\n", "web1").unwrap_err();
+        assert!(err.to_string().contains("%T is not supported"), "{err}");
+        // %C is what `ssh -G` prints for ControlPath %C.
+        let c = resolve_with("Host *\n  IdentityFile /k/%C\n  User u\n  Port 2\n", "h").unwrap();
+        let expected = {
+            use sha1::Digest;
+            let hash = sha1::Sha1::digest(format!("{}h2u", local_hostname()).as_bytes());
+            hash.iter().map(|b| format!("{b:02x}")).collect::<String>()
+        };
+        assert_eq!(c.identities[0].0, PathBuf::from(format!("/k/{expected}")));
         let err =
             resolve_with("Host *\n  IdentityFile ${POLYSHELL_NO_SUCH_VAR}/k\n", "w").unwrap_err();
         assert!(
@@ -617,6 +656,21 @@ mod tests {
         );
         let none = resolve_with("Host *\n  IdentityAgent none\n", "a").unwrap();
         assert_eq!(none.agent, AgentChoice::None);
+        // Global known_hosts: OpenSSH's two files unless GlobalKnownHostsFile says otherwise.
+        assert_eq!(
+            unset.global_known_hosts,
+            [
+                PathBuf::from("/etc/ssh/ssh_known_hosts"),
+                PathBuf::from("/etc/ssh/ssh_known_hosts2")
+            ]
+        );
+        let global = resolve_with(
+            "Host *\n  GlobalKnownHostsFile /g/%h none\n  HostKeyAlias web-vip\n",
+            "a",
+        )
+        .unwrap();
+        assert_eq!(global.global_known_hosts, [PathBuf::from("/g/a")]);
+        assert_eq!(global.host_key_alias.as_deref(), Some("web-vip"));
     }
 
     /// The index gives what ssh2-config's own query gives, block order and negation included.
