@@ -54,11 +54,13 @@ impl PromptRequest {
 }
 
 /// Why a prompter gave no answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PromptError {
     /// The user aborted (Ctrl-C at the prompt).
+    #[error("the prompt was aborted")]
     Aborted,
     /// There is no way to ask (no terminal, no source), with why.
+    #[error("{0}")]
     Unavailable(String),
 }
 

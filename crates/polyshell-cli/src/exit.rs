@@ -7,10 +7,14 @@ pub const SITE_FAILED: u8 = 1;
 /// The command line or the configuration is wrong; nothing ran.
 pub const USAGE: u8 = 2;
 
-/// An error that ends `polyshell` before or instead of a run.
-#[derive(Debug)]
+/// An error that ends `polyshell` before or instead of a run: what to print, and the exit
+/// status (2 for a usage or configuration error).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
 pub struct CliError {
+    /// The process's exit status.
     pub status: u8,
+    /// What the operator reads (already naming what and where).
     pub message: String,
 }
 

@@ -70,36 +70,35 @@ impl CliShells {
 }
 
 impl ShellFactory for CliShells {
-    fn shell(&self, site: &Site) -> Result<Shell, String> {
-        let err = |e: polyshell_sites::ConfigError| e.to_string();
-        let agent = self.agent(site.password_agent().map_err(err)?.unwrap_or(DEFAULT_AGENT));
-        let shell = match site.host().map_err(err)? {
-            None => Shell::local_with(site.sh().map_err(err)?.unwrap_or("sh")),
-            Some(host) => match site.ssh_program().map_err(err)? {
+    fn shell(&self, site: &Site) -> Result<Shell, polyshell_sites::ConfigError> {
+        let agent = self.agent(site.password_agent()?.unwrap_or(DEFAULT_AGENT));
+        let shell = match site.host()? {
+            None => Shell::local_with(site.sh()?.unwrap_or("sh")),
+            Some(host) => match site.ssh_program()? {
                 None => {
                     let mut opts = SshOptions::new(host);
-                    opts.user = site.user().map_err(err)?.map(str::to_owned);
-                    opts.port = site.port().map_err(err)?;
-                    opts.identity = site.identity().map_err(err)?.map(PathBuf::from);
+                    opts.user = site.user()?.map(str::to_owned);
+                    opts.port = site.port()?;
+                    opts.identity = site.identity()?.map(PathBuf::from);
                     opts.ssh_config = self.settings.ssh_config.clone();
                     opts.host_key_policy = self.settings.host_key_policy;
                     opts.connect_timeout = site
                         .connect_timeout()
-                        .map_err(err)?
+                        ?
                         .or(self.settings.connect_timeout);
-                    opts.proxy_jump = site.proxy_jump().map_err(err)?.map(str::to_owned);
+                    opts.proxy_jump = site.proxy_jump()?.map(str::to_owned);
                     opts.passphrases = Some(self.passphrases.clone());
                     Shell::with_ssh(opts)
                 }
                 Some(program) => {
-                    let mut args = site.ssh_args().map_err(err)?;
+                    let mut args = site.ssh_args()?;
                     if let Some(config) = &self.settings.ssh_config {
                         args.splice(0..0, ["-F".to_owned(), config.display().to_string()]);
                     }
-                    if let Some(user) = site.user().map_err(err)? {
+                    if let Some(user) = site.user()? {
                         args.extend(["-l".to_owned(), user.to_owned()]);
                     }
-                    if let Some(port) = site.port().map_err(err)? {
+                    if let Some(port) = site.port()? {
                         args.extend(["-p".to_owned(), port.to_string()]);
                     }
                     Shell::external_ssh(program, args, host)

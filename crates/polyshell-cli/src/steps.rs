@@ -37,17 +37,17 @@ pub fn site_command(
     settings: CommandSettings<'_>,
 ) -> Result<Command, ActionError> {
     let mut command = Command::new(script);
-    for (k, v) in site.env().map_err(|e| ActionError(e.to_string()))? {
+    for (k, v) in site.env()? {
         command = command.env(k, v);
     }
     for (k, v) in settings.env {
         command = command.env(k, v);
     }
-    let site_cwd = site.cwd().map_err(|e| ActionError(e.to_string()))?;
+    let site_cwd = site.cwd()?;
     if let Some(dir) = settings.cwd.or(site_cwd.map(str::to_owned)) {
         command = command.cwd(dir);
     }
-    let site_timeout = site.timeout().map_err(|e| ActionError(e.to_string()))?;
+    let site_timeout = site.timeout()?;
     if let Some(t) = settings.timeout.or(site_timeout).or(settings.fallback) {
         command = command.timeout(t);
     }
@@ -154,5 +154,8 @@ pub fn check(cmd: &str, out: &Output) -> Result<(), ActionError> {
     if shown.len() < cmd.len() {
         shown.push('…');
     }
-    Err(ActionError(format!("`{shown}` failed with {}", out.status)))
+    Err(ActionError::CommandFailed {
+        command: shown,
+        status: out.status,
+    })
 }

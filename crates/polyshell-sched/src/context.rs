@@ -10,37 +10,49 @@ use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 /// Why an action failed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct ActionError(pub String);
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ActionError {
+    /// A command could not run to its end (connection, timeout, sudo, transfer, ...).
+    #[error(transparent)]
+    Shell(Arc<ShellError>),
+    /// The site's configuration has a value of the wrong type.
+    #[error(transparent)]
+    Config(#[from] polyshell_sites::ConfigError),
+    /// A command ran and exited unsuccessfully.
+    #[error("`{command}` failed with {status}")]
+    CommandFailed {
+        /// The command's first line (shortened).
+        command: String,
+        status: polyshell_shell::ExitStatus,
+    },
+    /// The action's own reason ([`ActionContext::fail`]).
+    #[error("{0}")]
+    Failed(String),
+}
 
 impl ActionError {
+    /// An error with the action's own reason.
     pub fn new(msg: impl Into<String>) -> ActionError {
-        ActionError(msg.into())
+        ActionError::Failed(msg.into())
     }
 }
 
 impl From<ShellError> for ActionError {
     fn from(e: ShellError) -> ActionError {
-        ActionError(e.to_string())
-    }
-}
-
-impl From<polyshell_sites::ConfigError> for ActionError {
-    fn from(e: polyshell_sites::ConfigError) -> ActionError {
-        ActionError(e.to_string())
+        ActionError::Shell(Arc::new(e))
     }
 }
 
 impl From<String> for ActionError {
     fn from(s: String) -> ActionError {
-        ActionError(s)
+        ActionError::Failed(s)
     }
 }
 
 impl From<&str> for ActionError {
     fn from(s: &str) -> ActionError {
-        ActionError(s.to_owned())
+        ActionError::Failed(s.to_owned())
     }
 }
 
@@ -162,6 +174,6 @@ impl ActionContext {
 
     /// An error to return from the action: `return Err(ctx.fail("why"))`.
     pub fn fail(&self, why: impl Into<String>) -> ActionError {
-        ActionError(why.into())
+        ActionError::Failed(why.into())
     }
 }

@@ -17,7 +17,7 @@ use crate::schedule::{Mode, Schedule};
 use dashmap::DashMap;
 use futures::FutureExt;
 use polyshell_shell::{Line, OutputSink, Shell};
-use polyshell_sites::{Site, SiteStore};
+use polyshell_sites::{ConfigError, Site, SiteStore};
 use std::collections::{HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -29,15 +29,16 @@ use tracing::Instrument;
 /// Makes the shell of a site. The batch asks once per site and reuses the shell (and so its
 /// connection) for every action of every schedule in the batch.
 pub trait ShellFactory: Send + Sync {
-    fn shell(&self, site: &Site) -> Result<Shell, String>;
+    /// The shell for `site`; an error when the site's configuration does not make one.
+    fn shell(&self, site: &Site) -> Result<Shell, ConfigError>;
 }
 
 /// Every site runs locally, with its `sh` (default `sh`).
 pub struct LocalShells;
 
 impl ShellFactory for LocalShells {
-    fn shell(&self, site: &Site) -> Result<Shell, String> {
-        let program = site.sh().map_err(|e| e.to_string())?.unwrap_or("sh");
+    fn shell(&self, site: &Site) -> Result<Shell, ConfigError> {
+        let program = site.sh()?.unwrap_or("sh");
         Ok(Shell::local_with(program).named(site.name()))
     }
 }
@@ -134,7 +135,7 @@ impl Batch {
     }
 
     /// The batch's shell for `site` (made once, then reused).
-    pub fn shell(&self, site: &Site) -> Result<Shell, String> {
+    pub fn shell(&self, site: &Site) -> Result<Shell, ConfigError> {
         self.engine.shell(site)
     }
 
@@ -361,7 +362,7 @@ impl EventSink for Filtered {
 }
 
 impl Engine {
-    fn shell(&self, site: &Site) -> Result<Shell, String> {
+    fn shell(&self, site: &Site) -> Result<Shell, ConfigError> {
         if let Some(shell) = self.shell_cache.get(site.name()) {
             return Ok(shell.clone());
         }
@@ -562,7 +563,7 @@ impl Engine {
                         events: events.clone(),
                     })),
                 Err(why) => {
-                    let status = Status::Failed(format!("no shell for {}: {why}", unit.site));
+                    let status = Status::Failed(format!("no shell: {why}"));
                     self.finish(run, &unit, a, id, status, started, &events);
                     continue;
                 }
@@ -675,7 +676,7 @@ async fn run_action(action: crate::job::Action, ctx: ActionContext) -> Status {
     let body = AssertUnwindSafe((action.run)(ctx)).catch_unwind().await;
     let mut status = match body {
         Ok(Ok(())) => Status::Ok,
-        Ok(Err(e)) => Status::Failed(e.0),
+        Ok(Err(e)) => Status::Failed(e.to_string()),
         Err(panic) => Status::Failed(format!("the action panicked: {}", panic_message(&panic))),
     };
     // Wait for the work the action spawned, including work spawned by that work. Each
@@ -691,7 +692,7 @@ async fn run_action(action: crate::job::Action, ctx: ActionContext) -> Status {
         abort.0 = None;
         let outcome = match joined {
             Ok(Ok(())) => None,
-            Ok(Err(e)) => Some(e.0),
+            Ok(Err(e)) => Some(e.to_string()),
             Err(e) if e.is_panic() => Some(format!(
                 "spawned work panicked: {}",
                 panic_message(&e.into_panic())

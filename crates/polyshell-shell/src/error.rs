@@ -72,18 +72,61 @@ pub enum ErrorKind {
     /// it fails with the same reason, and the bastion is not tried again for each of them.
     #[error("cannot connect through the bastion {bastion}: {reason}")]
     Bastion { bastion: String, reason: String },
-    #[error("SSH channel failed: {0}")]
-    Channel(String),
+    /// A channel of the site's connection failed (the connection itself still works).
+    #[error("SSH channel on {host} failed: {reason}")]
+    Channel { host: String, reason: String },
+    /// The command's input could not be written: it ended, or its connection did.
+    #[error("the command's input is closed (the command or its connection ended)")]
+    StdinClosed,
     #[error("connection to {host} lost: {reason}")]
     ConnectionLost { host: String, reason: String },
     #[error("command timed out after {}s and was terminated", .0.as_secs_f64())]
     Timeout(Duration),
-    #[error("{0}")]
-    Sudo(String),
-    #[error("ssh_config: {0}")]
-    Config(String),
-    #[error("file transfer failed: {0}")]
-    Transfer(String),
+    /// A command with input that runs `sudo` after its start.
+    #[error("a command with input cannot run sudo after its start (sudo reads its password from the same input): start the command with sudo, or use a sudo step")]
+    SudoWithInput,
+    /// sudo asked again after the agent's answer (the attempt is run again with a new one).
+    #[error("sudo rejected the password")]
+    SudoRejected,
+    /// The password agent had no password to give (rejected too often, aborted, no source).
+    #[error(transparent)]
+    SudoPassword(#[from] polyshell_auth::AgentError),
+    /// An ssh_config file could not be read or parsed.
+    #[error("ssh_config {}: {reason}", .path.display())]
+    ConfigFile {
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    /// An ssh_config option (or a site's SSH option) has a value polyshell cannot use.
+    #[error("ssh_config: {option} {value}: {reason}")]
+    ConfigValue {
+        option: String,
+        value: String,
+        reason: String,
+    },
+    /// A command's environment names a variable no shell can set.
+    #[error("`{0}` is not a valid environment variable name")]
+    EnvName(String),
+    /// A local file of a transfer could not be read or written.
+    #[error("file transfer failed: {}: {source}", .path.display())]
+    TransferIo {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// What a site sent would land outside the destination (or is no archive at all).
+    #[error("file transfer refused: {}: {reason}", .path.display())]
+    TransferRefused {
+        path: std::path::PathBuf,
+        reason: &'static str,
+    },
+    /// The command on the site that packs or unpacks the transfer failed.
+    #[error("file transfer failed: {what} failed{}", if .stderr.is_empty() { format!(" ({status})") } else { format!(": {stderr}") })]
+    RemoteTransfer {
+        what: String,
+        status: crate::ExitStatus,
+        stderr: String,
+    },
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -323,9 +323,7 @@ impl Shell {
                 || !k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
         match bad {
-            Some((k, _)) => Err(self.error(ErrorKind::Config(format!(
-                "`{k}` is not a valid environment variable name"
-            )))),
+            Some((k, _)) => Err(self.error(ErrorKind::EnvName(k.clone()))),
             None => Ok(()),
         }
     }

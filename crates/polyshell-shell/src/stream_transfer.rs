@@ -25,8 +25,18 @@ const PIECES: usize = 8;
 /// How much of the remote command's stderr is kept for an error message.
 const STDERR_KEPT: usize = 16 * 1024;
 
-fn err(path: &Path, e: impl std::fmt::Display) -> ErrorKind {
-    ErrorKind::Transfer(format!("{}: {e}", path.display()))
+fn err(path: &Path, e: std::io::Error) -> ErrorKind {
+    ErrorKind::TransferIo {
+        path: path.to_owned(),
+        source: e,
+    }
+}
+
+fn refused(path: &Path, reason: &'static str) -> ErrorKind {
+    ErrorKind::TransferRefused {
+        path: path.to_owned(),
+        reason,
+    }
 }
 
 /// A remote path as one shell word: `~` and `~/...` are the login directory, a leading `-`
@@ -70,7 +80,7 @@ pub(crate) async fn upload(
         let name = local
             .file_name()
             .map(|n| quote(&n.to_string_lossy()))
-            .ok_or_else(|| err(local, "not a file name"))?;
+            .ok_or_else(|| refused(local, "not a file name"))?;
         let mode = meta.permissions().mode() & 0o7777;
         tokio::task::spawn_blocking(move || {
             // Whole pieces straight from the file (`io::copy` would go 8 KiB at a time).
@@ -95,7 +105,7 @@ pub(crate) async fn upload(
                 }
             };
             if let Err(e) = send(&tx) {
-                let _ = tx.blocking_send(Err(e.to_string()));
+                let _ = tx.blocking_send(Err(e));
             }
         });
         format!(
@@ -105,7 +115,7 @@ pub(crate) async fn upload(
         )
     };
     let mut process = transport.spawn(&Command::new(script).bulk()).await?;
-    let outcome = feed(process.as_mut(), rx).await;
+    let outcome = feed(process.as_mut(), rx, local).await;
     finish(process, outcome, &format!("upload to {remote}")).await
 }
 
@@ -128,7 +138,7 @@ pub(crate) async fn download(
     finish(process, outcome, &format!("download of {remote}")).await?;
     unpacking
         .await
-        .map_err(|e| ErrorKind::Transfer(format!("unpacking thread failed: {e}")))?
+        .map_err(|e| ErrorKind::Io(std::io::Error::other(format!("unpacking thread: {e}"))))?
 }
 
 /// What the remote command did: its exit and what it said on stderr.
@@ -165,7 +175,11 @@ fn see(event: ProcEvent, stderr: &mut Vec<u8>) -> Seen {
 }
 
 /// Writes every piece from `source` to the command's stdin while reading its output.
-async fn feed(process: &mut dyn Process, mut source: mpsc::Receiver<Piece>) -> Outcome {
+async fn feed(
+    process: &mut dyn Process,
+    mut source: mpsc::Receiver<Piece>,
+    local: &Path,
+) -> Outcome {
     let mut stderr = Vec::new();
     let mut writer = process.split_stdin();
     let mut piece: Vec<u8> = Vec::new();
@@ -180,7 +194,7 @@ async fn feed(process: &mut dyn Process, mut source: mpsc::Receiver<Piece>) -> O
                 }
                 Some(Err(e)) => {
                     return Outcome {
-                        result: Err(ErrorKind::Transfer(e)),
+                        result: Err(err(local, e)),
                         stderr,
                     };
                 }
@@ -250,11 +264,11 @@ async fn finish(
     let said = String::from_utf8_lossy(&outcome.stderr).trim().to_owned();
     match outcome.result {
         Ok(status) if status.success() => Ok(()),
-        Ok(status) => Err(ErrorKind::Transfer(if said.is_empty() {
-            format!("{what} failed ({status})")
-        } else {
-            format!("{what} failed: {said}")
-        })),
+        Ok(status) => Err(ErrorKind::RemoteTransfer {
+            what: what.to_owned(),
+            status,
+            stderr: said,
+        }),
         Err(kind) => {
             process.terminate().await;
             Err(kind)
@@ -262,7 +276,8 @@ async fn finish(
     }
 }
 
-type Piece = Result<Vec<u8>, String>;
+/// A piece of what is sent, or why reading it locally failed.
+type Piece = Result<Vec<u8>, std::io::Error>;
 
 /// A `Write` for the tar thread whose pieces go to the async side.
 struct ChannelWriter {
@@ -279,7 +294,7 @@ impl ChannelWriter {
     }
 
     fn fail(&mut self, e: std::io::Error) {
-        let _ = self.tx.blocking_send(Err(e.to_string()));
+        let _ = self.tx.blocking_send(Err(e));
     }
 }
 
@@ -359,7 +374,7 @@ fn unpack(reader: impl Read, to: &Path) -> Result<(), ErrorKind> {
             .iter()
             .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
         {
-            return Err(err(&path, "unsafe path in the archive"));
+            return Err(refused(&path, "unsafe path in the archive"));
         }
         if first {
             first = false;
@@ -396,7 +411,7 @@ fn unpack(reader: impl Read, to: &Path) -> Result<(), ErrorKind> {
         }
     }
     if first {
-        return Err(err(to, "the site sent an empty archive"));
+        return Err(refused(to, "the site sent an empty archive"));
     }
     for (dir, mode) in dirs.into_iter().rev() {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode))
@@ -434,7 +449,7 @@ fn no_link_on_the_way(to: &Path, rel: &Path) -> Result<PathBuf, ErrorKind> {
         if let Component::Normal(name) = part {
             at.push(name);
             if std::fs::symlink_metadata(&at).is_ok_and(|m| m.file_type().is_symlink()) {
-                return Err(err(&at, "the archive reaches through a symbolic link"));
+                return Err(refused(&at, "the archive reaches through a symbolic link"));
             }
         }
     }
@@ -471,7 +486,7 @@ mod tests {
         let to = scratch.path().join("to");
         let result = unpack(&bytes[..], &to);
         assert!(
-            matches!(&result, Err(ErrorKind::Transfer(m)) if m.contains("symbolic link")),
+            matches!(&result, Err(ErrorKind::TransferRefused { reason, .. }) if reason.contains("symbolic link")),
             "{result:?}"
         );
         assert!(!outside.join("made").exists());

@@ -115,11 +115,7 @@ pub(crate) async fn run(
     form: SudoForm,
 ) -> Result<Output, ErrorKind> {
     if form == SudoForm::Inline && command.stdin.is_some() {
-        return Err(ErrorKind::Sudo(
-            "a command with input cannot run sudo after its start (sudo reads its password \
-             from the same input): start the command with sudo, or use a sudo step"
-                .into(),
-        ));
+        return Err(ErrorKind::SudoWithInput);
     }
     loop {
         let prefix = marker("sudo");
@@ -274,7 +270,7 @@ impl SudoHook {
                 // Asked again: the answer was wrong. Stop this attempt; `run` starts another.
                 tracing::debug!(site = %self.site, agent = %self.agent.name(), generation = pw.generation, "sudo rejected the password");
                 self.rejected = true;
-                return Err(ErrorKind::Sudo("sudo rejected the password".into()));
+                return Err(ErrorKind::SudoRejected);
             }
             if *asked == id {
                 // The same sudo asks again: it rejected the answer. The agent drops it and
@@ -286,8 +282,7 @@ impl SudoHook {
         let pw = self
             .agent
             .password(&self.site)
-            .await
-            .map_err(|e| ErrorKind::Sudo(e.to_string()))?;
+            .await?;
         tracing::trace!(site = %self.site, agent = %self.agent.name(), ?pw, "sudo asks; answering from the agent");
         process.write_stdin(&pw.sudo_answer()).await?;
         self.answered = Some((id, pw));

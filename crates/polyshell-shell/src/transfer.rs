@@ -19,11 +19,14 @@ pub(crate) async fn copy(from: &Path, to: &Path) -> Result<(), ErrorKind> {
     let (from, to) = (from.to_owned(), to.to_owned());
     tokio::task::spawn_blocking(move || copy_blocking(&from, &to))
         .await
-        .map_err(|e| ErrorKind::Transfer(format!("copy thread failed: {e}")))?
+        .map_err(|e| ErrorKind::Io(std::io::Error::other(format!("copy thread: {e}"))))?
 }
 
 fn err(path: &Path, e: std::io::Error) -> ErrorKind {
-    ErrorKind::Transfer(format!("{}: {e}", path.display()))
+    ErrorKind::TransferIo {
+        path: path.to_owned(),
+        source: e,
+    }
 }
 
 fn copy_blocking(from: &Path, to: &Path) -> Result<(), ErrorKind> {

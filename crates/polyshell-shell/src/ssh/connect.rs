@@ -51,6 +51,7 @@ pub(crate) async fn connect(
         alive,
         next_id,
         pid_marker,
+        host: target.alias.as_str().into(),
     })
 }
 

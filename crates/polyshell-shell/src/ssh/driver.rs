@@ -126,6 +126,8 @@ pub(crate) struct Connection {
     pub(crate) alive: Arc<AtomicBool>,
     pub(crate) next_id: Arc<AtomicU64>,
     pub(crate) pid_marker: Arc<str>,
+    /// The site's name, for errors.
+    pub(crate) host: Arc<str>,
 }
 
 impl Connection {
@@ -141,6 +143,7 @@ impl Connection {
             alive: self.alive.clone(),
             next_id: self.next_id.clone(),
             pid_marker: self.pid_marker.clone(),
+            host: self.host.clone(),
         }
     }
 }
@@ -152,6 +155,7 @@ pub(crate) struct WeakConnection {
     alive: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
     pid_marker: Arc<str>,
+    host: Arc<str>,
 }
 
 impl WeakConnection {
@@ -162,6 +166,7 @@ impl WeakConnection {
             alive: self.alive.clone(),
             next_id: self.next_id.clone(),
             pid_marker: self.pid_marker.clone(),
+            host: self.host.clone(),
         })
     }
 }
@@ -408,6 +413,13 @@ impl Driver {
     }
 
     /// Advances every channel as far as it goes without blocking. `Err` ends the connection.
+    fn channel_error(&self, reason: String) -> ErrorKind {
+        ErrorKind::Channel {
+            host: self.host.clone(),
+            reason,
+        }
+    }
+
     fn step_all(&self, ops: &mut Vec<Op>, opening: &mut Option<u64>) -> Result<bool, String> {
         let mut progress = false;
         let mut kills = Vec::new();
@@ -495,7 +507,7 @@ impl Driver {
                         if is_fatal(&e) {
                             return Err(e.to_string());
                         }
-                        op.finish(ProcEvent::Failed(ErrorKind::Channel(e.to_string())));
+                        op.finish(ProcEvent::Failed(self.channel_error(e.to_string())));
                         Ok(true)
                     }
                 }
@@ -515,7 +527,7 @@ impl Driver {
                         Err(e) if is_fatal(&e) => return Err(e.to_string()),
                         Err(e) => {
                             op.state = State::Closing(ch);
-                            op.finish(ProcEvent::Failed(ErrorKind::Channel(format!(
+                            op.finish(ProcEvent::Failed(self.channel_error(format!(
                                 "pty refused: {e}"
                             ))));
                             return Ok(true);
@@ -535,7 +547,7 @@ impl Driver {
                     Err(e) if is_fatal(&e) => Err(e.to_string()),
                     Err(e) => {
                         op.state = State::Closing(ch);
-                        op.finish(ProcEvent::Failed(ErrorKind::Channel(e.to_string())));
+                        op.finish(ProcEvent::Failed(self.channel_error(e.to_string())));
                         Ok(true)
                     }
                 }
@@ -573,7 +585,7 @@ impl Driver {
                     }
                     Err(e) if is_fatal(&e) => Err(e.to_string()),
                     Err(e) => {
-                        op.finish(ProcEvent::Failed(ErrorKind::Channel(e.to_string())));
+                        op.finish(ProcEvent::Failed(self.channel_error(e.to_string())));
                         Ok(true)
                     }
                 }

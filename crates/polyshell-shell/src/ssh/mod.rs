@@ -182,7 +182,7 @@ impl SshTransport {
         let fresh = runtime()
             .spawn(open(opts))
             .await
-            .map_err(|e| ErrorKind::Channel(format!("connection task failed: {e}")))??;
+            .map_err(|e| ErrorKind::Io(std::io::Error::other(format!("connection task: {e}"))))??;
         *conn = Some(fresh.clone());
         Ok(fresh)
     }
@@ -256,7 +256,7 @@ impl SshProcess {
                 credit: credit.clone(),
             })
             .map_err(|_| ErrorKind::ConnectionLost {
-                host: String::new(),
+                host: conn.host.to_string(),
                 reason: "the connection is closed".into(),
             })?;
         Ok(SshProcess {
@@ -284,7 +284,7 @@ impl SshProcess {
             None => {
                 self.finished = true;
                 ProcEvent::Failed(ErrorKind::ConnectionLost {
-                    host: String::new(),
+                    host: self.conn.host.to_string(),
                     reason: "the connection closed".into(),
                 })
             }
@@ -304,7 +304,7 @@ impl Process for SshProcess {
                 .credit
                 .acquire_many(chunk.len() as u32)
                 .await
-                .map_err(|_| ErrorKind::Channel("stdin closed".into()))?;
+                .map_err(|_| ErrorKind::StdinClosed)?;
             permits.forget();
             if self
                 .conn
@@ -374,14 +374,14 @@ impl StdinWriter for SshStdin {
             .credit
             .acquire_many(n as u32)
             .await
-            .map_err(|_| ErrorKind::Channel("stdin closed".into()))?;
+            .map_err(|_| ErrorKind::StdinClosed)?;
         permits.forget();
         self.tx
             .send(Request::Stdin {
                 id: self.id,
                 data: data[..n].to_vec(),
             })
-            .map_err(|_| ErrorKind::Channel("stdin closed".into()))?;
+            .map_err(|_| ErrorKind::StdinClosed)?;
         Ok(n)
     }
 

@@ -156,7 +156,11 @@ struct Tokens<'a> {
 /// `text` with its `%` tokens and `${VAR}` environment references replaced, and a leading
 /// `~` as the home directory, as OpenSSH does for file names; `key` names the option in errors.
 fn expand(text: &str, t: &Tokens, key: &str) -> Result<String, ErrorKind> {
-    let bad = |why: String| ErrorKind::Config(format!("{key} {text}: {why}"));
+    let bad = |why: String| ErrorKind::ConfigValue {
+        option: key.to_owned(),
+        value: text.to_owned(),
+        reason: why,
+    };
     let mut out = String::new();
     let rest = match text.strip_prefix('~') {
         Some(rest) if rest.is_empty() || rest.starts_with('/') => {
@@ -293,14 +297,20 @@ fn read_config(path: &Path) -> Result<Arc<IndexedConfig>, ErrorKind> {
     static CACHE: FileCache<IndexedConfig> = FileCache::new();
     CACHE.get(path, |path| {
         let file = std::fs::File::open(path)
-            .map_err(|e| ErrorKind::Config(format!("{}: {e}", path.display())))?;
+            .map_err(|e| ErrorKind::ConfigFile {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
         SshConfig::default()
             .parse(
                 &mut std::io::BufReader::new(file),
                 ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
             )
             .map(IndexedConfig::new)
-            .map_err(|e| ErrorKind::Config(format!("{}: {e}", path.display())))
+            .map_err(|e| ErrorKind::ConfigFile {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })
     })
 }
 
@@ -446,9 +456,11 @@ pub(crate) fn resolve(opts: &SshOptions) -> Result<Target, ErrorKind> {
         Some(p) => p,
         None => match first("StrictHostKeyChecking") {
             Some(v) => HostKeyPolicy::parse(&v).ok_or_else(|| {
-                ErrorKind::Config(format!(
-                    "StrictHostKeyChecking {v}: expected yes, accept-new or no"
-                ))
+                ErrorKind::ConfigValue {
+                    option: "StrictHostKeyChecking".into(),
+                    value: v.clone(),
+                    reason: "expected yes, accept-new or no".into(),
+                }
             })?,
             None => HostKeyPolicy::Strict,
         },
