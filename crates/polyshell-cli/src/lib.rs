@@ -17,10 +17,12 @@
 //! assert!(pf.jobs.contains_key("up"));
 //! ```
 
+mod args;
 pub mod cli;
 mod complete;
 mod dryrun;
 pub mod exit;
+mod info;
 pub mod locks;
 pub mod polyfile;
 mod pump;
@@ -31,4 +33,5 @@ pub mod serve;
 mod shells;
 mod steps;
 pub mod subst;
+mod targets;
 pub mod values;

@@ -82,10 +82,8 @@ impl ShellFactory for CliShells {
                     opts.identity = site.identity()?.map(PathBuf::from);
                     opts.ssh_config = self.settings.ssh_config.clone();
                     opts.host_key_policy = self.settings.host_key_policy;
-                    opts.connect_timeout = site
-                        .connect_timeout()
-                        ?
-                        .or(self.settings.connect_timeout);
+                    opts.connect_timeout =
+                        site.connect_timeout()?.or(self.settings.connect_timeout);
                     opts.proxy_jump = site.proxy_jump()?.map(str::to_owned);
                     opts.passphrases = Some(self.passphrases.clone());
                     Shell::with_ssh(opts)

@@ -279,10 +279,7 @@ impl SudoHook {
                 self.agent.rejected(pw);
             }
         }
-        let pw = self
-            .agent
-            .password(&self.site)
-            .await?;
+        let pw = self.agent.password(&self.site).await?;
         tracing::trace!(site = %self.site, agent = %self.agent.name(), ?pw, "sudo asks; answering from the agent");
         process.write_stdin(&pw.sudo_answer()).await?;
         self.answered = Some((id, pw));

@@ -527,9 +527,9 @@ impl Driver {
                         Err(e) if is_fatal(&e) => return Err(e.to_string()),
                         Err(e) => {
                             op.state = State::Closing(ch);
-                            op.finish(ProcEvent::Failed(self.channel_error(format!(
-                                "pty refused: {e}"
-                            ))));
+                            op.finish(ProcEvent::Failed(
+                                self.channel_error(format!("pty refused: {e}")),
+                            ));
                             return Ok(true);
                         }
                     }

@@ -296,11 +296,10 @@ impl IndexedConfig {
 fn read_config(path: &Path) -> Result<Arc<IndexedConfig>, ErrorKind> {
     static CACHE: FileCache<IndexedConfig> = FileCache::new();
     CACHE.get(path, |path| {
-        let file = std::fs::File::open(path)
-            .map_err(|e| ErrorKind::ConfigFile {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?;
+        let file = std::fs::File::open(path).map_err(|e| ErrorKind::ConfigFile {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
         SshConfig::default()
             .parse(
                 &mut std::io::BufReader::new(file),
@@ -455,12 +454,10 @@ pub(crate) fn resolve(opts: &SshOptions) -> Result<Target, ErrorKind> {
     let policy = match opts.host_key_policy {
         Some(p) => p,
         None => match first("StrictHostKeyChecking") {
-            Some(v) => HostKeyPolicy::parse(&v).ok_or_else(|| {
-                ErrorKind::ConfigValue {
-                    option: "StrictHostKeyChecking".into(),
-                    value: v.clone(),
-                    reason: "expected yes, accept-new or no".into(),
-                }
+            Some(v) => HostKeyPolicy::parse(&v).ok_or_else(|| ErrorKind::ConfigValue {
+                option: "StrictHostKeyChecking".into(),
+                value: v.clone(),
+                reason: "expected yes, accept-new or no".into(),
             })?,
             None => HostKeyPolicy::Strict,
         },
