@@ -14,7 +14,9 @@ pub const MAX_TRIES: u32 = 3;
 /// rejecting the same answer drop it once.
 #[derive(Clone)]
 pub struct Password {
+    /// The password.
     pub secret: SecretString,
+    /// Which answer this is: each new answer (typed or set) gets the next number.
     pub generation: u64,
 }
 
@@ -40,13 +42,33 @@ impl std::fmt::Debug for Password {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AgentError {
     #[error("sudo rejected the password of agent `{agent}` {tries} times")]
-    Rejected { agent: String, tries: u32 },
+    /// sudo rejected [`MAX_TRIES`] typed answers.
+    Rejected {
+        /// The password agent's name.
+        agent: String,
+        /// How many answers were rejected.
+        tries: u32,
+    },
     #[error("sudo rejected the password of agent `{agent}`, and its source cannot be asked again")]
-    RejectedNoRetry { agent: String },
+    /// sudo rejected an answer from a source that cannot be asked again.
+    RejectedNoRetry {
+        /// The password agent's name.
+        agent: String,
+    },
     #[error("no sudo password for agent `{agent}`: {reason}")]
-    Unavailable { agent: String, reason: String },
+    /// There is no way to get a password (no terminal, no source).
+    Unavailable {
+        /// The password agent's name.
+        agent: String,
+        /// Why, and how to provide one.
+        reason: String,
+    },
     #[error("the password prompt of agent `{agent}` was aborted")]
-    Aborted { agent: String },
+    /// The operator aborted the prompt (Ctrl-C).
+    Aborted {
+        /// The password agent's name.
+        agent: String,
+    },
 }
 
 #[derive(Default)]
@@ -98,6 +120,7 @@ impl std::fmt::Debug for PasswordAgent {
 }
 
 impl PasswordAgent {
+    /// An agent called `name` asking `prompter` for its password.
     pub fn new(name: &str, prompter: Arc<dyn Prompter>) -> PasswordAgent {
         PasswordAgent {
             name: name.to_owned(),
@@ -107,6 +130,7 @@ impl PasswordAgent {
         }
     }
 
+    /// The agent's name (what sites name in `password_agent`).
     pub fn name(&self) -> &str {
         &self.name
     }

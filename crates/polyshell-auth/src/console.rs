@@ -13,7 +13,9 @@ pub const DEFAULT_HOLD_LIMIT: usize = 8 << 20;
 /// Which output stream a piece of console output belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsoleStream {
+    /// Standard output.
     Stdout,
+    /// Standard error.
     Stderr,
 }
 

@@ -14,7 +14,11 @@ pub enum PromptKind {
     #[default]
     SudoPassword,
     /// The passphrase of the encrypted private key file `key` (shown as the user gave it).
-    KeyPassphrase { key: String },
+    /// The passphrase of an encrypted private key file.
+    KeyPassphrase {
+        /// The key file, as the user named it.
+        key: String,
+    },
 }
 
 /// What the agent asks for.
@@ -67,6 +71,7 @@ pub enum PromptError {
 /// A source of sudo passwords.
 #[async_trait]
 pub trait Prompter: Send + Sync {
+    /// An answer to `request`, or why there is none.
     async fn ask(&self, request: &PromptRequest) -> Result<SecretString, PromptError>;
 
     /// Whether asking again after a rejection can give another answer. A fixed source
@@ -84,6 +89,7 @@ pub struct ScriptedPrompter {
 }
 
 impl ScriptedPrompter {
+    /// A prompter answering with `answers`, in order.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(answers: I) -> ScriptedPrompter {
         ScriptedPrompter {
             answers: Mutex::new(
@@ -166,6 +172,7 @@ impl Prompter for StaticPrompter {
 /// No way to ask: every request fails at once, saying how to provide a password. The
 /// right prompter when stdin is not a terminal and no source was given: never blocks.
 pub struct NoPrompter {
+    /// What to do instead, said in the error (e.g. which variable to set).
     pub hint: String,
 }
 
@@ -187,6 +194,7 @@ pub struct TerminalPrompter {
 }
 
 impl TerminalPrompter {
+    /// A prompter on `/dev/tty`; while it asks, `console` (if any) holds other output back.
     pub fn new(console: Option<Console>) -> TerminalPrompter {
         TerminalPrompter { console }
     }

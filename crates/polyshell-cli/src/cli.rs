@@ -19,6 +19,7 @@ use polyshell_sites::{json, range};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// Parses the process arguments and runs the command; the exit status (see [`crate::exit`]).
 pub fn main() -> u8 {
     // Asked by the shell's completion function (`polyshell completions SHELL`): answer, exit.
     clap_complete::CompleteEnv::with_factory(Cli::command)

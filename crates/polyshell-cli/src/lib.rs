@@ -17,6 +17,8 @@
 //! assert!(pf.jobs.contains_key("up"));
 //! ```
 
+#![warn(missing_docs)]
+
 mod args;
 pub mod cli;
 mod complete;

@@ -29,7 +29,9 @@ use std::sync::{Arc, Mutex};
 
 /// A `[locks.NAME]` table for a registered kind: its name and every field but `kind`.
 pub struct LockSpec<'a> {
+    /// The lock's name in the Polyfile (`[locks.NAME]`).
     pub name: &'a str,
+    /// The lock table's keys, `kind` excepted, as JSON.
     pub fields: &'a Map<String, Value>,
     /// The Polyfile's sites (a lock may check their keys).
     pub sites: &'a SiteStore,
@@ -63,12 +65,14 @@ fn registered() -> Vec<String> {
 /// What `per = "KEY"` needs of the sites that take the lock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NeedsKey {
+    /// The site key the lock is per (`per = "KEY"`).
     pub key: String,
 }
 
 /// A lock of the Polyfile, built.
 #[derive(Clone)]
 pub struct Declared {
+    /// The lock, shared by every job and schedule entry naming it.
     pub lock: Arc<dyn Lock>,
     /// `per = "KEY"` without `missing = "skip-lock"`: every site taking it must have KEY.
     pub needs_key: Option<NeedsKey>,

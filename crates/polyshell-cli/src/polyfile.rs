@@ -14,7 +14,9 @@ use toml_edit::{ImDocument, Item, Table, Value};
 
 /// A loaded, checked Polyfile.
 pub struct Polyfile {
+    /// The sites and roles of `[sites]` and `[roles]`.
     pub sites: SiteStore,
+    /// The jobs, by name.
     pub jobs: BTreeMap<String, JobSpec>,
     /// Each schedule's chain, ready to run (the CLI adds its global options).
     pub schedules: BTreeMap<String, Vec<Schedule>>,
@@ -22,36 +24,62 @@ pub struct Polyfile {
     pub locks: BTreeMap<String, Declared>,
 }
 
+/// A job: its actions, in order.
 #[derive(Debug, Clone)]
 pub struct JobSpec {
+    /// The job's actions (its `[[jobs.NAME]]` tables), in order.
     pub actions: Vec<ActionSpec>,
 }
 
+/// One `[[jobs.NAME]]` table: its steps run on every site of its roles.
 #[derive(Debug, Clone, Default)]
 pub struct ActionSpec {
+    /// The roles whose sites the action runs on.
     pub roles: Vec<String>,
+    /// The steps, in order.
     pub steps: Vec<Step>,
+    /// A time limit for each step (the site's `timeout` otherwise).
     pub timeout: Option<Duration>,
+    /// Environment variables for every command of the action.
     pub env: Vec<(String, String)>,
+    /// The directory commands start in.
     pub cwd: Option<String>,
     /// Locks of the Polyfile this action's work on a site takes (`locks = [...]`).
     pub locks: Vec<String>,
 }
 
+/// One step of an action.
 #[derive(Debug, Clone)]
 pub struct Step {
+    /// What it does.
     pub kind: StepKind,
     /// Keep the step's trimmed stdout in the shared space under this key.
     pub set: Option<String>,
 }
 
+/// What a step does.
 #[derive(Debug, Clone)]
 pub enum StepKind {
+    /// A command run on the site.
     Run(String),
+    /// A command run on the site through sudo.
     Sudo(String),
+    /// A command run here, once per site.
     Local(String),
-    Upload { from: String, to: String },
-    Download { from: String, to: String },
+    /// Files copied to the site.
+    Upload {
+        /// Where the files are (a local path for upload, a remote one for download).
+        from: String,
+        /// Where they go.
+        to: String,
+    },
+    /// Files copied from the site.
+    Download {
+        /// Where the files are (a local path for upload, a remote one for download).
+        from: String,
+        /// Where they go.
+        to: String,
+    },
 }
 
 const TOP_KEYS: &[&str] = &["sites", "roles", "locks", "jobs", "schedules"];

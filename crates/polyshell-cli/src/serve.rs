@@ -396,6 +396,7 @@ struct FeedState {
 }
 
 impl Feed {
+    /// An empty feed; hand it to a run as an event sink and to `serve` to show.
     pub fn new() -> Arc<Feed> {
         Arc::new(Feed::default())
     }

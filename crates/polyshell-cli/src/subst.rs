@@ -119,9 +119,13 @@ pub fn check(
 
 /// What substitution reads from.
 pub struct Scope<'a> {
+    /// The site the step runs on.
     pub site: &'a Site,
+    /// Every site (for `{sites.SITE.KEY}`).
     pub sites: &'a SiteStore,
+    /// The run's id (`{batch}`).
     pub batch: &'a str,
+    /// The run's shared space (`{shared.KEY}`).
     pub shared: &'a Shared,
     /// A dry run: `{batch}` and `{shared...}` (known only when the run is on) are left as
     /// they are written.

@@ -24,6 +24,7 @@ pub enum ActionError {
     CommandFailed {
         /// The command's first line (shortened).
         command: String,
+        /// How it exited.
         status: polyshell_shell::ExitStatus,
     },
     /// The action's own reason ([`ActionContext::fail`]).
@@ -72,6 +73,7 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
+    /// Stores `value` under `key` for the steps and jobs after this one.
     pub fn set(&self, key: impl Into<String>, value: impl Into<Value>) {
         self.values.insert(key.into(), value.into());
     }
@@ -126,9 +128,11 @@ pub struct ActionContext {
     pub id: String,
     /// `[BATCH-N-M] SITE`: tags every line of this action.
     pub issuer: String,
+    /// The job's name.
     pub job: String,
     /// This action's place among the job's actions on this site (1-based), and their count.
     pub fragment: usize,
+    /// How many actions of this job run on this site at once (one per action of the job).
     pub fragments: usize,
     pub(crate) events: Arc<dyn EventSink>,
     pub(crate) spawned: Arc<Mutex<Vec<tokio::task::JoinHandle<ActionResult>>>>,

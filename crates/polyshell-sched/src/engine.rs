@@ -46,10 +46,14 @@ impl ShellFactory for LocalShells {
 /// A schedule that cannot start.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
+    /// The schedule names a job the batch does not have.
     #[error("schedule `{schedule}` names unknown job `{job}` (known: {known})")]
     UnknownJob {
+        /// The schedule's name.
         schedule: String,
+        /// The job.
         job: String,
+        /// The jobs there are.
         known: String,
     },
 }
@@ -72,6 +76,7 @@ pub fn new_batch_id() -> String {
 }
 
 impl Batch {
+    /// A batch running `jobs` on `sites`, each site's shell made by `shells` (once per site).
     pub fn new(sites: SiteStore, jobs: Jobs, shells: Arc<dyn ShellFactory>) -> Batch {
         let id = new_batch_id();
         Batch {
@@ -100,14 +105,17 @@ impl Batch {
         self
     }
 
+    /// The batch's id (`BATCH`; its schedule runs are `BATCH-N`).
     pub fn id(&self) -> &str {
         &self.id
     }
 
+    /// The batch's shared space: what steps `set`, for the jobs and schedules after them.
     pub fn shared(&self) -> &Shared {
         &self.engine.shared
     }
 
+    /// The sites the batch runs on.
     pub fn sites(&self) -> &SiteStore {
         &self.sites
     }

@@ -11,63 +11,103 @@ use std::time::Duration;
 /// Something that happened in a batch. Ids: schedule `BATCH-N`, action `BATCH-N-M`.
 #[derive(Debug, Clone)]
 pub enum Event {
+    /// A schedule run started.
     ScheduleStarted {
+        /// The schedule run's id (`BATCH-N`).
         schedule: String,
+        /// The schedule's name.
         name: String,
+        /// The schedule's mode (`site-sequential`, ...).
         mode: String,
+        /// The jobs, in order.
         jobs: Vec<String>,
+        /// How many sites it runs on.
         sites: usize,
     },
+    /// An action started on a site.
     ActionStarted {
+        /// The action run's id (`BATCH-N-M`).
         action: String,
+        /// The schedule run's id (`BATCH-N`).
         schedule: String,
+        /// The job.
         job: String,
+        /// The site.
         site: String,
     },
     /// A line of a command's output (bytes as they came, without the line end).
     Output {
+        /// The action run's id (`BATCH-N-M`).
         action: String,
+        /// The site.
         site: String,
+        /// Standard output or standard error.
         stream: Stream,
+        /// The line, without its newline.
         line: Vec<u8>,
+        /// Whether the line ended with a newline (the last one of a stream may not).
         newline: bool,
     },
     /// `report(msg)` of an action, or a log line (`starting job: deploy`).
     Report {
+        /// The action run's id (`BATCH-N-M`).
         action: String,
+        /// The site.
         site: String,
+        /// The message.
         message: String,
     },
     /// `debug(msg)` of an action (shown only with the schedule's `debug`).
     Debug {
+        /// The action run's id (`BATCH-N-M`).
         action: String,
+        /// The site.
         site: String,
+        /// The message.
         message: String,
     },
+    /// An action finished on a site.
     ActionFinished {
+        /// The action run's id (`BATCH-N-M`).
         action: String,
+        /// The job.
         job: String,
+        /// The site.
         site: String,
+        /// Ok, failed (why) or skipped (why).
         status: Status,
+        /// How long it took.
         elapsed: Duration,
     },
+    /// A schedule run finished.
     ScheduleFinished {
+        /// The schedule run's id (`BATCH-N`).
         schedule: String,
+        /// What every action of the schedule did.
         result: ScheduleResult,
     },
     /// A job's work on a site waits for a lock that is not free (sent only then).
     LockWaiting {
+        /// The schedule run's id (`BATCH-N`).
         schedule: String,
+        /// The job.
         job: String,
+        /// The site.
         site: String,
+        /// The lock's name.
         lock: String,
     },
     /// ...and has it now, after `waited`.
     LockAcquired {
+        /// The schedule run's id (`BATCH-N`).
         schedule: String,
+        /// The job.
         job: String,
+        /// The site.
         site: String,
+        /// The lock's name.
         lock: String,
+        /// How long the site waited for it.
         waited: Duration,
     },
 }
@@ -277,7 +317,45 @@ impl Status {
 }
 
 /// Receives events; called from the tasks doing the work, so keep it quick.
+///
+/// A sink of your own (a dashboard, a chat notifier, a metrics exporter), handed to
+/// [`Batch::with_events`](crate::Batch::with_events):
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use polyshell_sched::{action, Batch, Event, EventSink, Jobs, LocalShells, Schedule, Status};
+/// use polyshell_sites::{json, SiteStore};
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use std::sync::Arc;
+///
+/// /// Counts failed actions as they happen.
+/// #[derive(Default)]
+/// struct Failures(AtomicUsize);
+///
+/// impl EventSink for Failures {
+///     fn event(&self, event: Event) {
+///         if let Event::ActionFinished { status: Status::Failed(_), .. } = event {
+///             self.0.fetch_add(1, Ordering::Relaxed);
+///         }
+///     }
+/// }
+///
+/// let sites = SiteStore::new();
+/// sites.add(["a", "b"], "app", json!({}));
+/// let mut jobs = Jobs::new();
+/// jobs.add("fail-on-b", "app", action(|ctx| async move {
+///     if ctx.site.name() == "b" { return Err(ctx.fail("planned")); }
+///     Ok(())
+/// }));
+/// let failures = Arc::new(Failures::default());
+/// let batch = Batch::new(sites, jobs, Arc::new(LocalShells)).with_events(failures.clone());
+/// batch.run(&Schedule::new(["fail-on-b"])).await.unwrap();
+/// assert_eq!(failures.0.load(Ordering::Relaxed), 1);
+/// # }
+/// ```
 pub trait EventSink: Send + Sync {
+    /// Receives one event (called from many tasks: it must not block for long).
     fn event(&self, event: Event);
 }
 

@@ -9,8 +9,11 @@ use std::sync::Arc;
 /// One action of a job: what runs, on which roles' sites, under which extra locks.
 #[derive(Clone)]
 pub struct Action {
+    /// The roles whose sites the action runs on.
     pub roles: Vec<String>,
+    /// What the action does on each site.
     pub run: ActionFn,
+    /// Locks taken around the action on each site.
     pub locks: Vec<Arc<dyn Lock>>,
 }
 
@@ -18,7 +21,9 @@ pub struct Action {
 /// actions whose roles match it, concurrently; each at most once per site.
 #[derive(Clone)]
 pub struct Job {
+    /// The job's name.
     pub name: String,
+    /// The job's actions, in order.
     pub actions: Vec<Action>,
     /// Locks taken around the job's actions on each site.
     pub locks: Vec<Arc<dyn Lock>>,
@@ -31,6 +36,7 @@ pub struct Jobs {
 }
 
 impl Jobs {
+    /// No jobs.
     pub fn new() -> Jobs {
         Jobs::default()
     }
@@ -75,6 +81,7 @@ impl Jobs {
         Arc::make_mut(job)
     }
 
+    /// The job called `name`.
     pub fn get(&self, name: &str) -> Option<&Arc<Job>> {
         self.jobs.get(name)
     }

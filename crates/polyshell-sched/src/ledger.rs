@@ -73,7 +73,9 @@ pub struct Ledger {
 /// One run of the ledger, as found on disk.
 #[derive(Debug, Clone)]
 pub struct RunRecord {
+    /// The run's id (its batch id).
     pub id: String,
+    /// The run's directory.
     pub dir: PathBuf,
     /// `run.json`.
     pub header: Map<String, Value>,
@@ -112,6 +114,7 @@ const SUMMARY: &str = "summary.json";
 const BLOCK: usize = 8 * 1024;
 
 impl Ledger {
+    /// A ledger in `dir` (created with mode 0700 on first use), keeping what `retention` says.
     pub fn new(dir: impl Into<PathBuf>, retention: Retention) -> Ledger {
         Ledger {
             dir: dir.into(),
@@ -130,10 +133,12 @@ impl Ledger {
         Some(state.join("polyshell").join("runs"))
     }
 
+    /// The directory the runs are recorded in.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
+    /// What the ledger keeps.
     pub fn retention(&self) -> &Retention {
         &self.retention
     }

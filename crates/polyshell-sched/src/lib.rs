@@ -13,7 +13,16 @@
 //! - [`Event`]: the stream reporters consume; [`ledger`] records it, a run per directory.
 //!
 //! This crate knows nothing of SSH: it gets shells from a [`ShellFactory`], so every schedule
-//! can be tested with local shells and fakes.
+//! can be tested with local shells and fakes; it builds no libssh2 (it uses `polyshell-shell`
+//! without its `ssh` feature; add that crate with the feature for SSH shells).
+//!
+//! ```toml
+//! [dependencies]
+//! polyshell-sched = "0.1"
+//! polyshell-sites = "0.1"
+//! polyshell-shell = "0.1"   # for SSH shells in your ShellFactory
+//! tokio = { version = "1", features = ["macros", "rt"] }
+//! ```
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -36,6 +45,8 @@
 //! assert_eq!(batch.shared().get("app2").unwrap(), "hello");
 //! # }
 //! ```
+
+#![warn(missing_docs)]
 
 mod context;
 mod engine;

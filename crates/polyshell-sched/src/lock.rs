@@ -19,11 +19,13 @@ pub struct LockContext {
     pub site: Site,
     /// The roles the site is in.
     pub roles: Vec<String>,
+    /// The job whose action takes the lock.
     pub job: String,
     /// Position of this job in the schedule's list (a job listed twice has two).
     pub invocation: usize,
     /// Schedule id, `BATCH-N`.
     pub schedule: String,
+    /// The batch's id.
     pub batch: String,
 }
 
@@ -31,6 +33,7 @@ pub struct LockContext {
 pub struct Guard(#[allow(dead_code)] Box<dyn Any + Send>);
 
 impl Guard {
+    /// A guard holding `inner` until dropped (a permit, a mutex guard, ...).
     pub fn new(inner: impl Any + Send) -> Guard {
         Guard(Box::new(inner))
     }
@@ -41,7 +44,40 @@ impl Guard {
     }
 }
 
-/// A lock primitive. Implement it to bound work in your own way (see the datacenter example).
+/// A lock primitive. Implement it to bound work in your own way (see also the datacenter
+/// example, and `polyshell_cli::locks::register` to name it in a Polyfile).
+///
+/// ```
+/// use async_trait::async_trait;
+/// use polyshell_sched::{next_order, Guard, Lock, LockContext, Semaphore};
+/// use std::sync::Arc;
+///
+/// /// Canary sites (config `canary = true`) one at a time; the others unbounded.
+/// struct CanaryFirst {
+///     canaries: Arc<Semaphore>,
+///     order: u64,
+/// }
+///
+/// #[async_trait]
+/// impl Lock for CanaryFirst {
+///     async fn acquire(&self, ctx: &LockContext) -> Guard {
+///         if ctx.site.config().get("canary").and_then(|v| v.as_bool()) == Some(true) {
+///             self.canaries.acquire(ctx).await
+///         } else {
+///             Guard::none()
+///         }
+///     }
+///     fn order(&self) -> u64 {
+///         self.order
+///     }
+///     fn name(&self) -> String {
+///         "canary-first".into()
+///     }
+/// }
+///
+/// let lock: Arc<dyn Lock> = Arc::new(CanaryFirst { canaries: Semaphore::new(1), order: next_order() });
+/// # let _ = lock;
+/// ```
 #[async_trait]
 pub trait Lock: Send + Sync {
     /// Waits until the work described by `ctx` may run; it runs while the guard lives.
@@ -115,6 +151,7 @@ pub struct SiteMutex {
 }
 
 impl SiteMutex {
+    /// A mutex per site: one action at a time on each site.
     pub fn new() -> Arc<SiteMutex> {
         Arc::new(SiteMutex {
             order: next_order(),
@@ -150,6 +187,7 @@ pub struct NamedMutex {
 }
 
 impl NamedMutex {
+    /// A mutex called `name` (in events and errors).
     pub fn new(name: &str) -> Arc<NamedMutex> {
         Arc::new(NamedMutex {
             name: name.to_owned(),
@@ -180,6 +218,7 @@ pub struct Semaphore {
 }
 
 impl Semaphore {
+    /// A semaphore of `n` permits.
     pub fn new(n: usize) -> Arc<Semaphore> {
         Arc::new(Semaphore {
             order: next_order(),
@@ -215,6 +254,7 @@ pub struct RoleSemaphore {
 }
 
 impl RoleSemaphore {
+    /// A semaphore of `n` permits for each of `roles`.
     pub fn new(n: usize, roles: &[&str]) -> Arc<RoleSemaphore> {
         let mut roles: Vec<String> = roles.iter().map(|r| r.to_string()).collect();
         roles.sort();
@@ -263,6 +303,7 @@ pub struct KeySemaphore {
 }
 
 impl KeySemaphore {
+    /// A semaphore of `n` permits per value of the sites' `key`; with `skip_missing`, a site without the key takes no permit (else it fails).
     pub fn new(key: &str, n: usize, skip_missing: bool) -> Arc<KeySemaphore> {
         Arc::new(KeySemaphore {
             order: next_order(),
@@ -344,6 +385,7 @@ pub struct Barrier {
 }
 
 impl Barrier {
+    /// A barrier for `n` sites: none goes on until `n` have arrived.
     pub fn new(n: usize) -> Arc<Barrier> {
         Arc::new(Barrier {
             order: next_order(),

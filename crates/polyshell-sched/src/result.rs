@@ -26,15 +26,20 @@ impl std::fmt::Display for SkipReason {
 /// How one action on one site ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
+    /// It succeeded.
     Ok,
+    /// It failed, and why.
     Failed(String),
+    /// It did not run, and why.
     Skipped(SkipReason),
 }
 
 impl Status {
+    /// Whether it succeeded.
     pub fn is_ok(&self) -> bool {
         matches!(self, Status::Ok)
     }
+    /// Whether it failed.
     pub fn is_failed(&self) -> bool {
         matches!(self, Status::Failed(_))
     }
@@ -45,15 +50,19 @@ impl Status {
 pub struct ActionOutcome {
     /// `BATCH-N-M`; `None` when it never started.
     pub id: Option<String>,
+    /// The job's name.
     pub job: String,
     /// Position of the job in the schedule's list.
     pub invocation: usize,
+    /// The site it ran on.
     pub site: String,
     /// Index of the action within its job.
     pub action: usize,
+    /// Ok, failed or skipped.
     pub status: Status,
     /// Start and end, from the schedule's start (equal for skipped actions).
     pub started: Duration,
+    /// When it finished, from the start of the schedule run.
     pub finished: Duration,
 }
 
@@ -62,8 +71,11 @@ pub struct ActionOutcome {
 pub struct ScheduleResult {
     /// `BATCH-N`.
     pub id: String,
+    /// The schedule's name.
     pub name: String,
+    /// Every action run, in the order they finished.
     pub outcomes: Vec<ActionOutcome>,
+    /// How long the schedule run took.
     pub elapsed: Duration,
 }
 

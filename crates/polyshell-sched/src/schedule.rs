@@ -19,6 +19,7 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode's name, as the Polyfile and `--mode` write it.
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::SiteSequential => "site-sequential",
@@ -28,6 +29,7 @@ impl Mode {
         }
     }
 
+    /// Every mode.
     pub const ALL: [Mode; 4] = [
         Mode::SiteSequential,
         Mode::Sequential,
@@ -56,13 +58,19 @@ impl std::str::FromStr for Mode {
 /// ```
 #[derive(Clone)]
 pub struct Schedule {
+    /// The job names, in order.
     pub jobs: Vec<String>,
+    /// How the jobs are ordered.
     pub mode: Mode,
     /// Only sites in these roles (all sites when empty).
     pub roles: Vec<String>,
+    /// The schedule's name (events, ledger).
     pub name: String,
+    /// What it is for.
     pub desc: String,
+    /// Stop at a failure: `site-sequential`, that site runs no later job; `sequential`, no later job starts; `atomic`, nothing starts after it.
     pub break_on_error: bool,
+    /// A job name the batch does not have is skipped instead of failing the schedule.
     pub allow_missing_job: bool,
     /// At most this many sites busy at once.
     pub fanout: Option<usize>,
@@ -81,6 +89,7 @@ pub struct Schedule {
 }
 
 impl Schedule {
+    /// A schedule of `jobs` in the default mode (`site-sequential`).
     pub fn new(jobs: impl Names) -> Schedule {
         Schedule {
             jobs: jobs.to_names(),
@@ -100,50 +109,62 @@ impl Schedule {
         }
     }
 
+    /// Sets the mode.
     pub fn mode(mut self, mode: Mode) -> Schedule {
         self.mode = mode;
         self
     }
+    /// Runs only on sites in `roles`.
     pub fn roles(mut self, roles: impl Names) -> Schedule {
         self.roles = roles.to_names();
         self
     }
+    /// Sets the name (shown in events and the ledger).
     pub fn name(mut self, name: &str) -> Schedule {
         self.name = name.to_owned();
         self
     }
+    /// Sets the description.
     pub fn desc(mut self, desc: &str) -> Schedule {
         self.desc = desc.to_owned();
         self
     }
+    /// Stops at a failure (see [`Schedule::break_on_error`](Schedule#structfield.break_on_error)).
     pub fn break_on_error(mut self, on: bool) -> Schedule {
         self.break_on_error = on;
         self
     }
+    /// Skips a job name the batch does not have instead of failing.
     pub fn allow_missing_job(mut self, on: bool) -> Schedule {
         self.allow_missing_job = on;
         self
     }
+    /// At most `n` sites busy at once.
     pub fn fanout(mut self, n: usize) -> Schedule {
         self.fanout = Some(n.max(1));
         self
     }
+    /// Stops starting work once `n` sites failed.
     pub fn max_failures(mut self, n: usize) -> Schedule {
         self.max_failures = Some(n);
         self
     }
+    /// Emits `starting job: NAME` lines.
     pub fn log(mut self, on: bool) -> Schedule {
         self.log = on;
         self
     }
+    /// Passes actions' `report` messages on.
     pub fn report(mut self, on: bool) -> Schedule {
         self.report = on;
         self
     }
+    /// Passes actions' `debug` messages on.
     pub fn debug(mut self, on: bool) -> Schedule {
         self.debug = on;
         self
     }
+    /// Drops command output and reports.
     pub fn quiet(mut self, on: bool) -> Schedule {
         self.quiet = on;
         self

@@ -27,6 +27,7 @@ pub struct Command {
 }
 
 impl Command {
+    /// A command running `script` under `/bin/sh -c`, with no input, environment or limit.
     pub fn new(script: impl Into<String>) -> Command {
         Command {
             script: script.into(),
@@ -64,12 +65,15 @@ impl Command {
         self
     }
 
-    /// Terminates the command (its whole process group) if it runs longer than `timeout`.
+    /// Terminates the command (its whole process group, on the site) if it runs longer than
+    /// `timeout`. The run then returns an error ([`ErrorKind::Timeout`](crate::ErrorKind)),
+    /// not an [`Output`](crate::Output): what it printed went to the shell's sink, if any.
     pub fn timeout(mut self, timeout: Duration) -> Command {
         self.timeout = Some(timeout);
         self
     }
 
+    /// Terminates the command after `secs` seconds (see [`Command::timeout`]).
     pub fn timeout_secs(self, secs: u64) -> Command {
         self.timeout(Duration::from_secs(secs))
     }

@@ -9,6 +9,16 @@
 //! - [`OutputSink`]: receives output lines while commands run, tagged with the shell's issuer.
 //! - [`ShellError`]: why a command could not run, naming the site and the cause.
 //!
+//! In `Cargo.toml`:
+//!
+//! ```toml
+//! [dependencies]
+//! polyshell-shell = "0.1"   # local shells, libssh2 and the system ssh
+//! # or, with no libssh2/OpenSSL to build (local shells and the system ssh only):
+//! # polyshell-shell = { version = "0.1", default-features = false }
+//! tokio = { version = "1", features = ["macros", "rt"] }
+//! ```
+//!
 //! A shell is usable on its own, with no scheduler in sight:
 //!
 //! ```
@@ -26,6 +36,8 @@
 //! # Ok(())
 //! # }
 //! ```
+
+#![warn(missing_docs)]
 
 mod command;
 mod error;
@@ -241,10 +253,12 @@ impl Shell {
         self
     }
 
+    /// The site's name.
     pub fn site(&self) -> &str {
         &self.site
     }
 
+    /// The tag output lines are reported under (`[ACTION-ID] site`).
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
@@ -331,6 +345,11 @@ impl Shell {
     /// Copies a local file or directory to the site. A directory uploaded to `remote`
     /// makes `remote` a copy of it (created with missing parents; existing files
     /// overwritten); a file goes to `remote`, or into it when it is a directory. Modes are kept.
+    ///
+    /// `local` is a path of this process, relative to its working directory; `~` is not
+    /// expanded here (a program does it; the CLI does). `remote` is relative to the login
+    /// directory on the site, and `~` or `~/...` names it; on a local shell, the home
+    /// directory.
     pub async fn upload(&self, local: impl AsRef<Path>, remote: &str) -> Result<(), ShellError> {
         self.transport
             .upload(local.as_ref(), remote)

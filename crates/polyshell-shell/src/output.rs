@@ -70,7 +70,9 @@ impl fmt::Display for ExitStatus {
 /// Which output stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Stream {
+    /// Standard output.
     Stdout,
+    /// Standard error.
     Stderr,
 }
 
@@ -78,14 +80,41 @@ pub enum Stream {
 /// a last line without `\n` and for the pieces of a line longer than [`MAX_LINE`].
 #[derive(Debug, Clone, Copy)]
 pub struct Line<'a> {
+    /// Which stream.
     pub stream: Stream,
+    /// The line, without its newline.
     pub bytes: &'a [u8],
+    /// Whether it ended with a newline (the last line of a stream may not).
     pub newline: bool,
 }
 
 /// Receives output lines while commands run, tagged with the issuer of the shell that ran
 /// them. Called from the task that drives the command: keep it quick.
+///
+/// A closure is a sink; give its parameters their types (`&str`, `Line<'_>`), or Rust infers
+/// one lifetime for every call and says "implementation of `FnOnce` is not general enough":
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), polyshell_shell::ShellError> {
+/// use polyshell_shell::{Line, Shell, Stream};
+/// use std::sync::{Arc, Mutex};
+///
+/// let seen = Arc::new(Mutex::new(Vec::new()));
+/// let lines = seen.clone();
+/// let shell = Shell::local().with_sink(Arc::new(move |issuer: &str, line: Line<'_>| {
+///     if line.stream == Stream::Stdout {
+///         let text = String::from_utf8_lossy(line.bytes);
+///         lines.lock().unwrap().push(format!("{issuer}: {text}"));
+///     }
+/// }));
+/// shell.run("echo one; echo two").await?;
+/// assert_eq!(seen.lock().unwrap().len(), 2);
+/// # Ok(())
+/// # }
+/// ```
 pub trait OutputSink: Send + Sync {
+    /// Receives one line of a command run by `issuer`.
     fn line(&self, issuer: &str, line: Line<'_>);
 }
 
@@ -107,10 +136,15 @@ pub const DEFAULT_CAPTURE_LIMIT: usize = 16 * 1024 * 1024;
 /// bytes left out is in `stdout_dropped` / `stderr_dropped`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Output {
+    /// How the command ended.
     pub status: ExitStatus,
+    /// What it printed on standard output (up to the capture limit).
     pub stdout: Vec<u8>,
+    /// What it printed on standard error (up to the capture limit).
     pub stderr: Vec<u8>,
+    /// Bytes of standard output past the capture limit, not kept.
     pub stdout_dropped: u64,
+    /// Bytes of standard error past the capture limit, not kept.
     pub stderr_dropped: u64,
 }
 

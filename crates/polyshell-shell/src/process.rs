@@ -10,8 +10,11 @@ use std::sync::Arc;
 /// What a running command reports.
 #[derive(Debug)]
 pub enum ProcEvent {
+    /// Output on a stream.
     Output(Stream, Vec<u8>),
+    /// The process exited.
     Exit(ExitStatus),
+    /// The process could not run to its end.
     Failed(ErrorKind),
 }
 

@@ -17,9 +17,13 @@ pub(crate) type Values = HashMap<TypeId, Arc<dyn Any + Send + Sync>>;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("site `{site}`: `{key}` must be {expected}, not {found}")]
 pub struct ConfigError {
+    /// The site.
     pub site: String,
+    /// The key with the wrong value.
     pub key: String,
+    /// What the key takes.
     pub expected: &'static str,
+    /// What it holds.
     pub found: String,
 }
 
@@ -71,6 +75,7 @@ impl Site {
         }
     }
 
+    /// The site's name.
     pub fn name(&self) -> &str {
         &self.name
     }

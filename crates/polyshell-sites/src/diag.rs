@@ -12,6 +12,7 @@ pub struct Source {
 }
 
 impl Source {
+    /// A source called `name` (shown in diagnostics) holding `text`.
     pub fn new(name: impl Into<String>, text: impl Into<String>) -> Source {
         let text = text.into();
         let line_starts = std::iter::once(0)
@@ -24,10 +25,12 @@ impl Source {
         }
     }
 
+    /// Its name.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    /// Its text.
     pub fn text(&self) -> &str {
         &self.text
     }
@@ -61,9 +64,13 @@ impl Source {
 /// One error in a source file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// The file (or source name).
     pub file: String,
+    /// The line, from 1.
     pub line: usize,
+    /// The column, from 1 (in characters).
     pub column: usize,
+    /// What is wrong.
     pub message: String,
 }
 

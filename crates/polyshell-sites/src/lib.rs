@@ -24,6 +24,8 @@
 //! assert!(sites.get("app").is_none()); // a role, not a site
 //! ```
 
+#![warn(missing_docs)]
+
 mod config;
 pub mod diag;
 pub mod inventory;

@@ -40,8 +40,11 @@ const MAX_DIGITS: usize = 18;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message} (at character {} of `{pattern}`)", offset + 1)]
 pub struct RangeError {
+    /// The pattern.
     pub pattern: String,
+    /// Where in it (a byte offset).
     pub offset: usize,
+    /// What is wrong there.
     pub message: String,
 }
 

@@ -12,6 +12,7 @@ use std::sync::Arc;
 /// One name or several: what `add`, `list` and `update` take for sites and roles, as the
 /// original took a string or an array. `()` is none.
 pub trait Names {
+    /// The names.
     fn to_names(&self) -> Vec<String>;
 }
 
@@ -109,6 +110,7 @@ impl std::fmt::Debug for SiteStore {
 }
 
 impl SiteStore {
+    /// An empty store.
     pub fn new() -> SiteStore {
         SiteStore::default()
     }
@@ -295,6 +297,7 @@ impl SiteStore {
         self.inner.sites.len()
     }
 
+    /// Whether there are no sites.
     pub fn is_empty(&self) -> bool {
         self.inner.sites.is_empty()
     }

@@ -39,7 +39,9 @@ impl HostKeyPolicy {
 pub struct SshOptions {
     /// Host name or ssh_config alias.
     pub host: String,
+    /// The user to log in as (over ssh_config's `User`).
     pub user: Option<String>,
+    /// The port (over ssh_config's `Port`).
     pub port: Option<u16>,
     /// A private key file tried before the ssh_config and default ones.
     pub identity: Option<PathBuf>,
@@ -47,6 +49,7 @@ pub struct SshOptions {
     pub ssh_config: Option<PathBuf>,
     /// known_hosts file(s) to check and record in, overriding `UserKnownHostsFile`.
     pub known_hosts: Option<PathBuf>,
+    /// Host key checking (over ssh_config's `StrictHostKeyChecking`).
     pub host_key_policy: Option<HostKeyPolicy>,
     /// TCP connect, SSH handshake and authentication together (default 10 s).
     pub connect_timeout: Option<Duration>,
@@ -61,6 +64,7 @@ pub struct SshOptions {
 }
 
 impl SshOptions {
+    /// Options for `host`, everything else from ssh_config.
     pub fn new(host: impl Into<String>) -> SshOptions {
         SshOptions {
             host: host.into(),
