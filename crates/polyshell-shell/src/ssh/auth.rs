@@ -9,8 +9,8 @@
 //! Every step that fails adds a line to the error (`KEY: not accepted by the server`, `KEY:
 //! key is encrypted and ...`), so an operator sees what was offered and why each failed.
 
-use super::driver::{is_fatal, retry, SocketFd};
 use super::keys::{self, KeyFile, Unlocked};
+use super::nonblocking::{is_fatal, retry, SocketFd};
 use super::target::{AgentChoice, Target};
 use crate::error::ErrorKind;
 use polyshell_auth::{

@@ -1,8 +1,10 @@
 //! Opening an SSH connection: TCP (or a forwarded channel through a bastion), handshake,
 //! host key verification, public key authentication; then the connection's driver starts.
 
-use super::driver::{retry, Connection, Driver, OpenKind, Request, SocketFd, STDIN_CREDIT};
+use super::connection::{Connection, OpenKind, Request};
+use super::driver::{Driver, STDIN_CREDIT};
 use super::known_hosts::{candidate_lines, host_label, Known};
+use super::nonblocking::{retry, SocketFd};
 use super::target::{HostKeyPolicy, Target};
 use crate::error::ErrorKind;
 use crate::process::ProcEvent;

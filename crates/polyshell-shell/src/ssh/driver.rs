@@ -3,173 +3,23 @@
 //! site run concurrently on one connection, and it is the only code that touches the
 //! session, so no call ever blocks a thread and no wake-up is lost between channels.
 
+use super::connection::{OpenKind, Request};
+use super::nonblocking::{is_eagain, is_fatal, SocketFd};
 use crate::error::ErrorKind;
 use crate::output::{signal_number, ExitStatus, Stream};
 use crate::process::ProcEvent;
 use ssh2::{BlockDirections, Channel, Session};
 use std::collections::VecDeque;
 use std::io::{ErrorKind as IoKind, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
-/// libssh2's "would block".
-const EAGAIN: i32 = libssh2_sys::LIBSSH2_ERROR_EAGAIN;
 const CHUNK: usize = 32 * 1024;
 /// Bytes of stdin a writer may have in flight to one channel.
 pub(crate) const STDIN_CREDIT: usize = 1024 * 1024;
-
-/// The session's socket, borrowed for readiness only (the session owns and closes it).
-pub(crate) struct SocketFd(pub(crate) RawFd);
-
-impl AsRawFd for SocketFd {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-pub(crate) fn is_eagain(err: &ssh2::Error) -> bool {
-    matches!(err.code(), ssh2::ErrorCode::Session(EAGAIN))
-}
-
-/// Waits until the socket is ready in the direction libssh2 last blocked on.
-pub(crate) async fn wait_socket(session: &Session, fd: &AsyncFd<SocketFd>) -> std::io::Result<()> {
-    let dirs = session.block_directions();
-    if matches!(dirs, BlockDirections::Outbound) {
-        fd.writable().await?.clear_ready();
-    } else {
-        fd.readable().await?.clear_ready();
-    }
-    Ok(())
-}
-
-/// Runs a libssh2 call to completion, waiting on the socket whenever it would block.
-pub(crate) async fn retry<T>(
-    session: &Session,
-    fd: &AsyncFd<SocketFd>,
-    mut call: impl FnMut() -> Result<T, ssh2::Error>,
-) -> Result<T, ssh2::Error> {
-    loop {
-        match super::gate::measured(&mut call) {
-            Err(e) if is_eagain(&e) => {
-                wait_socket(session, fd).await.map_err(|io| {
-                    // ssh2::Error takes a static message: the kind's, the rest logged.
-                    tracing::debug!("waiting on the SSH socket failed: {io}");
-                    ssh2::Error::new(
-                        ssh2::ErrorCode::Session(libssh2_sys::LIBSSH2_ERROR_SOCKET_SEND),
-                        socket_error(io.kind()),
-                    )
-                })?;
-            }
-            other => return other,
-        }
-    }
-}
-
-/// A static description of a socket error, for `ssh2::Error`.
-fn socket_error(kind: std::io::ErrorKind) -> &'static str {
-    use std::io::ErrorKind::*;
-    match kind {
-        ConnectionReset => "the connection was reset",
-        ConnectionAborted => "the connection was aborted",
-        BrokenPipe => "the connection was closed",
-        TimedOut => "the socket timed out",
-        _ => "the socket failed",
-    }
-}
-
-/// What a channel is for.
-#[derive(Debug)]
-pub(crate) enum OpenKind {
-    /// A command; with `pty`, on a pseudo-terminal (stdout and stderr then merge).
-    Exec {
-        script: String,
-        pty: bool,
-    },
-    Forward {
-        host: String,
-        port: u16,
-    },
-}
-
-pub(crate) enum Request {
-    Open {
-        id: u64,
-        kind: OpenKind,
-        events: mpsc::Sender<ProcEvent>,
-        full: Arc<AtomicBool>,
-        credit: Arc<Semaphore>,
-    },
-    Stdin {
-        id: u64,
-        data: Vec<u8>,
-    },
-    Eof {
-        id: u64,
-    },
-    /// Terminate the command's process group (by a kill on a new channel), then close.
-    Terminate {
-        id: u64,
-        done: Option<oneshot::Sender<()>>,
-    },
-}
-
-/// A handle to a connection's driver; clones share it. The driver ends when every handle is
-/// gone and no channel is open.
-#[derive(Clone)]
-pub(crate) struct Connection {
-    pub(crate) tx: mpsc::UnboundedSender<Request>,
-    pub(crate) wake: Arc<Notify>,
-    pub(crate) alive: Arc<AtomicBool>,
-    pub(crate) next_id: Arc<AtomicU64>,
-    pub(crate) pid_marker: Arc<str>,
-    /// The site's name, for errors.
-    pub(crate) host: Arc<str>,
-}
-
-impl Connection {
-    pub(crate) fn is_alive(&self) -> bool {
-        self.alive.load(Ordering::Acquire) && !self.tx.is_closed()
-    }
-
-    /// A handle that does not keep the connection open.
-    pub(crate) fn downgrade(&self) -> WeakConnection {
-        WeakConnection {
-            tx: self.tx.downgrade(),
-            wake: self.wake.clone(),
-            alive: self.alive.clone(),
-            next_id: self.next_id.clone(),
-            pid_marker: self.pid_marker.clone(),
-            host: self.host.clone(),
-        }
-    }
-}
-
-/// A [`Connection`] that lets its driver end when every strong handle is gone.
-pub(crate) struct WeakConnection {
-    tx: mpsc::WeakUnboundedSender<Request>,
-    wake: Arc<Notify>,
-    alive: Arc<AtomicBool>,
-    next_id: Arc<AtomicU64>,
-    pid_marker: Arc<str>,
-    host: Arc<str>,
-}
-
-impl WeakConnection {
-    pub(crate) fn upgrade(&self) -> Option<Connection> {
-        Some(Connection {
-            tx: self.tx.upgrade()?,
-            wake: self.wake.clone(),
-            alive: self.alive.clone(),
-            next_id: self.next_id.clone(),
-            pid_marker: self.pid_marker.clone(),
-            host: self.host.clone(),
-        })
-    }
-}
 
 pub(crate) struct Driver {
     // Declared (so dropped) before the session, which owns and closes the socket.
@@ -224,24 +74,6 @@ struct Op {
 
 /// How long a terminated command's pid line is waited for before the channel is just closed.
 const PID_WAIT: Duration = Duration::from_secs(10);
-
-/// Whether a libssh2 error ends the whole connection rather than one channel.
-pub(crate) fn is_fatal(err: &ssh2::Error) -> bool {
-    // Socket send/recv failures, disconnects, timeouts, protocol and key exchange errors.
-    matches!(
-        err.code(),
-        ssh2::ErrorCode::Session(
-            libssh2_sys::LIBSSH2_ERROR_SOCKET_SEND
-                | libssh2_sys::LIBSSH2_ERROR_TIMEOUT
-                | libssh2_sys::LIBSSH2_ERROR_SOCKET_DISCONNECT
-                | libssh2_sys::LIBSSH2_ERROR_PROTO
-                | libssh2_sys::LIBSSH2_ERROR_SOCKET_RECV
-                | libssh2_sys::LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE
-                | libssh2_sys::LIBSSH2_ERROR_KEX_FAILURE
-                | libssh2_sys::LIBSSH2_ERROR_BAD_SOCKET
-        )
-    )
-}
 
 impl Driver {
     pub(crate) async fn run(mut self) {

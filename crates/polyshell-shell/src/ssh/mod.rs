@@ -5,10 +5,12 @@
 mod auth;
 mod cache;
 mod connect;
+mod connection;
 mod driver;
 mod gate;
 mod keys;
 mod known_hosts;
+mod nonblocking;
 mod target;
 
 pub use auth::KeyPassphrases;
@@ -18,7 +20,7 @@ use crate::error::ErrorKind;
 use crate::process::{ProcEvent, Process, StdinWriter};
 use crate::{Command, Transport};
 use async_trait::async_trait;
-use driver::{Connection, OpenKind, Request};
+use connection::{Connection, OpenKind, Request};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -87,7 +89,7 @@ async fn open(opts: SshOptions) -> Result<Connection, ErrorKind> {
 /// the reason it failed, so that 500 sites behind a dead bastion fail once, not 500 times.
 enum BastionSlot {
     Empty,
-    Up(driver::WeakConnection),
+    Up(connection::WeakConnection),
     Failed {
         reason: String,
         at: std::time::Instant,
