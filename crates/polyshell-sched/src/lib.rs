@@ -48,6 +48,7 @@
 
 #![warn(missing_docs)]
 
+mod action_task;
 mod context;
 mod engine;
 mod event;
