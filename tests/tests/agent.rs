@@ -164,6 +164,34 @@ fn an_agent_key_authenticates_unless_identities_only() {
             .any(|l| l.contains("Accepted publickey for") && l.ends_with(&accepted)),
         "sshd did not log a login with the encrypted key ({accepted})"
     );
+    // `IdentityFile KEY.pub` (how hardware-key and password-manager agents are set up):
+    // the public key picks the agent's key; no private key file is needed.
+    let pub_only = dir.path().join("only.pub");
+    std::fs::copy(
+        format!("{}.pub", fleet.locked_identity.display()),
+        &pub_only,
+    )
+    .unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "Host *\n  IdentitiesOnly yes\n  IdentityFile {}\n",
+            pub_only.display()
+        ),
+    )
+    .unwrap();
+    let mut opts = only_key(&fleet, "site009", &pub_only);
+    opts.identity = None;
+    opts.ssh_config = Some(config.clone());
+    let out = runtime
+        .block_on(async {
+            let shell = Shell::with_ssh(opts);
+            tokio::time::timeout(Duration::from_secs(30), shell.run("echo by pub")).await
+        })
+        .expect("agent login did not finish in 30 s")
+        .unwrap_or_else(|e| panic!("IdentityFile KEY.pub with the key in the agent: {e}"));
+    assert_eq!(out.stdout_text(), "by pub\n");
+
     let ecdsa = fingerprint(&fleet.ecdsa_identity);
     assert!(
         !log.lines()

@@ -418,6 +418,12 @@ async fn try_file(
             }
             Ok(false)
         }
+        KeyFile::PublicOnly { .. } => {
+            report.push(format!(
+                "{shown}: a public key, and ssh-agent does not hold its private key"
+            ));
+            Ok(false)
+        }
         KeyFile::Unreadable(e) => {
             report.push(format!("{shown}: cannot be read ({e})"));
             Ok(false)

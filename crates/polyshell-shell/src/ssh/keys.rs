@@ -41,16 +41,21 @@ pub(crate) enum KeyFile {
     },
     /// Another format (PEM, PKCS#8), left to libssh2; `encrypted` when its header says so.
     Legacy { encrypted: bool },
+    /// A public key (`IdentityFile ~/.ssh/id.pub`, as hardware-key and password-manager
+    /// agents are set up): it selects the agent's key; there is nothing to sign with here.
+    PublicOnly { public: Vec<u8> },
 }
 
 impl KeyFile {
     /// The public key in wire encoding, when the file gives it without a passphrase (the
-    /// OpenSSH format does; for others, the `.pub` file beside it).
+    /// OpenSSH format and a public key file do; otherwise the `.pub` file beside it, as
+    /// OpenSSH reads it even when the private key is missing).
     pub(crate) fn public(&self, path: &Path) -> Option<Vec<u8>> {
         match self {
-            KeyFile::OpenSsh { public, .. } => Some(public.clone()),
-            KeyFile::Legacy { .. } => public_file(&super::auth::suffixed(path, ".pub")),
-            _ => None,
+            KeyFile::OpenSsh { public, .. } | KeyFile::PublicOnly { public } => {
+                Some(public.clone())
+            }
+            _ => public_file(&super::auth::suffixed(path, ".pub")),
         }
     }
 
@@ -98,6 +103,11 @@ fn read(path: &Path) -> KeyFile {
         },
         Err(_) => {
             let text = String::from_utf8_lossy(&bytes);
+            if let Ok(public) = ssh_key::PublicKey::from_openssh(text.trim()) {
+                if let Ok(public) = public.to_bytes() {
+                    return KeyFile::PublicOnly { public };
+                }
+            }
             KeyFile::Legacy {
                 encrypted: text.contains("Proc-Type: 4,ENCRYPTED")
                     || text.contains("BEGIN ENCRYPTED PRIVATE KEY"),
@@ -289,6 +299,21 @@ mod tests {
             KeyFile::Legacy { encrypted: false }
         ));
         assert!(matches!(read(&d.join("none")), KeyFile::Missing));
+        // A public key as the identity: it only selects the agent's key.
+        let public = read(&d.join("plain.pub"));
+        assert!(matches!(public, KeyFile::PublicOnly { .. }));
+        assert_eq!(
+            public.public(&d.join("plain.pub")),
+            read(&d.join("plain")).public(&d.join("plain"))
+        );
+        // A missing private key with its .pub beside it still names its public half.
+        std::fs::rename(d.join("plain"), d.join("gone")).unwrap();
+        let missing = read(&d.join("plain"));
+        assert!(matches!(missing, KeyFile::Missing));
+        assert_eq!(
+            missing.public(&d.join("plain")),
+            public.public(&d.join("plain.pub"))
+        );
     }
 
     #[test]
