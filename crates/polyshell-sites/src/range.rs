@@ -33,6 +33,11 @@ use std::fmt;
 /// not an out-of-memory. Counted before duplicates are removed (`n[1-9,1-9]` counts 18).
 pub const MAX_EXPANSION: usize = 1_000_000;
 
+/// The most bytes of names one pattern may make, bounded from the pattern before any name is
+/// made (a name is never longer than the item that makes it): a kilobyte of pattern with
+/// eight brackets would otherwise make 390,000 names of a kilobyte each.
+pub const MAX_EXPANSION_BYTES: usize = 64 << 20;
+
 /// Numbers longer than this are text to [`fold`] (they would overflow `u64`).
 const MAX_DIGITS: usize = 18;
 
@@ -111,6 +116,7 @@ pub fn expand_with(pattern: &str, groups: &dyn Groups) -> Result<Vec<String>, Ra
     // First every item is parsed and counted, then names are made.
     let mut items = Vec::new();
     let mut total: u64 = 0;
+    let mut bytes: u64 = 0;
     for (op, at, text) in split_items(pattern).map_err(|(o, m)| err(o, m))? {
         let (group, body, body_at) = match text.strip_prefix('@') {
             Some(rest) => (true, rest, at + 1),
@@ -123,6 +129,24 @@ pub fn expand_with(pattern: &str, groups: &dyn Groups) -> Result<Vec<String>, Ra
         total = match total.checked_add(item.count) {
             Some(t) if t <= MAX_EXPANSION as u64 => t,
             _ => return Err(over_budget(at)),
+        };
+        bytes = match item
+            .count
+            .checked_mul(body.len() as u64)
+            .and_then(|b| bytes.checked_add(b))
+        {
+            Some(b) if b <= MAX_EXPANSION_BYTES as u64 => b,
+            _ => {
+                return Err(err(
+                    at,
+                    format!(
+                    "the pattern makes more than {} MiB of names ({} names of up to {} characters)",
+                    MAX_EXPANSION_BYTES >> 20,
+                    item.count,
+                    body.len()
+                ),
+                ))
+            }
         };
         items.push((op, at, group, item));
     }

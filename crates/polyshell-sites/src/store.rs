@@ -82,9 +82,6 @@ pub struct SiteStore {
 struct Inner {
     sites: DashMap<String, SiteEntry>,
     roles: DashMap<String, RoleEntry>,
-    /// The reverse of `roles`: each site's roles, sorted, so `roles_of` costs the site's own
-    /// roles, not a scan of every role (every site is a role: that scan was O(sites)).
-    site_roles: DashMap<String, BTreeSet<String>>,
     next_seq: AtomicU64,
 }
 
@@ -93,6 +90,11 @@ struct SiteEntry {
     seq: u64,
     config: Config,
     values: Values,
+    /// The roles the site joined besides its own name's (the reverse of `roles`), so
+    /// `roles_of` costs the site's own roles, not a scan of every role (every site is a
+    /// role: that scan was O(sites)). Kept here, not in a map of its own, so a site's name
+    /// is not stored once more.
+    roles: BTreeSet<String>,
 }
 
 #[derive(Default)]
@@ -136,6 +138,7 @@ impl SiteStore {
                             seq: self.inner.next_seq.fetch_add(1, Ordering::Relaxed),
                             config: Config::new(),
                             values: Values::default(),
+                            roles: BTreeSet::new(),
                         });
                 for (key, value) in &config {
                     entry.config.insert(key.clone(), value.clone());
@@ -161,11 +164,11 @@ impl SiteStore {
             .or_default()
             .members
             .insert(site.to_owned());
-        self.inner
-            .site_roles
-            .entry(site.to_owned())
-            .or_default()
-            .insert(role.to_owned());
+        if role != site {
+            if let Some(mut entry) = self.inner.sites.get_mut(site) {
+                entry.roles.insert(role.to_owned());
+            }
+        }
     }
 
     /// A copy of the site called `name`; changing it changes nothing stored. A role that is
@@ -278,11 +281,16 @@ impl SiteStore {
 
     /// The roles `site` is in (its own name included), sorted.
     pub fn roles_of(&self, site: &str) -> Vec<String> {
-        self.inner
-            .site_roles
-            .get(site)
-            .map(|roles| roles.iter().cloned().collect())
-            .unwrap_or_default()
+        let Some(entry) = self.inner.sites.get(site) else {
+            return Vec::new();
+        };
+        let mut roles: Vec<String> = entry.roles.iter().cloned().collect();
+        // Its own name's role, in its sorted place.
+        if self.inner.roles.contains_key(site) {
+            let at = roles.partition_point(|r| r.as_str() < site);
+            roles.insert(at, site.to_owned());
+        }
+        roles
     }
 
     /// Every role name, sorted (the implicit `all` excluded).

@@ -62,6 +62,8 @@ fn hostile_patterns_are_rejected_without_materialising_them() {
         "a[1-999999]^b[1-999999]".to_owned(),
         // Digits against a bracket: the bracket is counted before its numbers are joined.
         "n1[1-99999999]".to_owned(),
+        // Few names but long ones (a fuzzer's find): 5^8 = 390,625 names of ~1 KB.
+        format!("{}{}", "x".repeat(1000), "[0-4]y".repeat(8)),
     ];
     // This test's binary has only this test: nothing else allocates meanwhile.
     for pattern in &patterns {
