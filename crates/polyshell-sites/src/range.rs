@@ -130,22 +130,23 @@ pub fn expand_with(pattern: &str, groups: &dyn Groups) -> Result<Vec<String>, Ra
             Some(t) if t <= MAX_EXPANSION as u64 => t,
             _ => return Err(over_budget(at)),
         };
+        let longest = item.max_len();
         bytes = match item
             .count
-            .checked_mul(body.len() as u64)
+            .checked_mul(longest)
             .and_then(|b| bytes.checked_add(b))
         {
             Some(b) if b <= MAX_EXPANSION_BYTES as u64 => b,
             _ => {
+                let count = item.count;
+                let mib = MAX_EXPANSION_BYTES >> 20;
                 return Err(err(
                     at,
                     format!(
-                    "the pattern makes more than {} MiB of names ({} names of up to {} characters)",
-                    MAX_EXPANSION_BYTES >> 20,
-                    item.count,
-                    body.len()
-                ),
-                ))
+                        "the pattern makes more than {mib} MiB of names \
+                         ({count} names of up to {longest} bytes)"
+                    ),
+                ));
             }
         };
         items.push((op, at, group, item));
@@ -400,6 +401,17 @@ struct Item {
 }
 
 impl Item {
+    /// The longest name it makes, in bytes.
+    fn max_len(&self) -> u64 {
+        let texts: usize = self.texts.iter().map(String::len).sum();
+        let dims: usize = self
+            .dims
+            .iter()
+            .map(|spans| spans.iter().map(Span::max_len).max().unwrap_or(0))
+            .sum();
+        (texts + dims) as u64
+    }
+
     fn each(&self, emit: &mut dyn FnMut(&str)) {
         let mut name = self.texts[0].clone();
         self.product(0, &mut name, emit);
@@ -436,6 +448,17 @@ enum Span {
 }
 
 impl Span {
+    /// The longest number (or literal) it makes, in bytes.
+    fn max_len(&self) -> usize {
+        match self {
+            Span::Range { lo, hi, pad, .. } => {
+                let width = |v: i128| v.unsigned_abs().to_string().len() + usize::from(v < 0);
+                width(*lo).max(width(*hi)).max(*pad)
+            }
+            Span::Literal(s) => s.len(),
+        }
+    }
+
     fn count(&self) -> u64 {
         match self {
             Span::Range { lo, hi, step, .. } => {
