@@ -142,7 +142,7 @@ fn an_agent_key_authenticates_unless_identities_only() {
     let prompter = std::sync::Arc::new(polyshell_auth::ScriptedPrompter::new(Vec::<String>::new()));
     let mut opts = only_key(&fleet, "site009", &fleet.locked_identity);
     opts.identity = None;
-    opts.ssh_config = Some(config);
+    opts.ssh_config = Some(config.clone());
     opts.passphrases = Some(polyshell_shell::KeyPassphrases::new(prompter.clone()));
     let out = runtime
         .block_on(async {
