@@ -455,7 +455,7 @@ async fn try_file(
         KeyFile::OpenSsh { key, .. } if !key.is_encrypted() => {
             let signer = keys::plain_ed25519(&identity.file);
             for offer in &identity.offers {
-                let result = match &signer {
+                let result = match signer {
                     Some(signing) => {
                         let (result, _) =
                             retry_userauth(session, fd, user, &offer.blob, Some(signing)).await;

@@ -33,11 +33,13 @@ pub(crate) enum KeyFile {
     Missing,
     /// The file cannot be read (the reason).
     Unreadable(String),
-    /// An OpenSSH-format key: its public half (wire encoding, always readable), and the key
-    /// itself, encrypted or not.
+    /// An OpenSSH-format key: its public half (wire encoding, always readable), the key
+    /// itself, encrypted or not, and for an unencrypted ed25519 key its signer, made once
+    /// per run (not once per connection).
     OpenSsh {
         public: Vec<u8>,
         key: Box<PrivateKey>,
+        signer: Option<Box<SigningKey>>,
     },
     /// Another format (PEM, PKCS#8), left to libssh2; `encrypted` when its header says so.
     Legacy { encrypted: bool },
@@ -95,10 +97,19 @@ fn read(path: &Path) -> KeyFile {
     };
     match PrivateKey::from_openssh(&*bytes) {
         Ok(key) => match key.public_key().to_bytes() {
-            Ok(public) => KeyFile::OpenSsh {
-                public,
-                key: Box::new(key),
-            },
+            Ok(public) => {
+                let signer = match key.key_data() {
+                    KeypairData::Ed25519(pair) if !key.is_encrypted() => {
+                        Some(Box::new(SigningKey::from(&pair.private)))
+                    }
+                    _ => None,
+                };
+                KeyFile::OpenSsh {
+                    public,
+                    key: Box::new(key),
+                    signer,
+                }
+            }
             Err(e) => KeyFile::Unreadable(format!("its public key cannot be encoded: {e}")),
         },
         Err(_) => {
@@ -147,12 +158,9 @@ pub(crate) fn decrypt(key: &PrivateKey, passphrase: &[u8]) -> Result<Unlocked, O
 }
 
 /// The in-process signer of an unencrypted ed25519 OpenSSH key file, if it is one.
-pub(crate) fn plain_ed25519(file: &KeyFile) -> Option<SigningKey> {
+pub(crate) fn plain_ed25519(file: &KeyFile) -> Option<&SigningKey> {
     match file {
-        KeyFile::OpenSsh { key, .. } if !key.is_encrypted() => match key.key_data() {
-            KeypairData::Ed25519(pair) => Some(SigningKey::from(&pair.private)),
-            _ => None,
-        },
+        KeyFile::OpenSsh { signer, .. } => signer.as_deref(),
         _ => None,
     }
 }
@@ -279,7 +287,7 @@ mod tests {
     }
 
     fn plain(path: &Path) -> Option<SigningKey> {
-        plain_ed25519(&read(path))
+        plain_ed25519(&read(path)).cloned()
     }
 
     #[test]
