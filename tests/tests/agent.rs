@@ -4,7 +4,7 @@
 mod common;
 
 use common::{fingerprint, keygen, only_key};
-use polyshell_shell::{ErrorKind, Shell};
+use polyshell_shell::{ErrorKind, Output, Shell, ShellError, SshOptions};
 use polyshell_tests::Fleet;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -37,6 +37,37 @@ fn start_agent(socket: &Path) -> Agent {
     agent
 }
 
+/// Runs `command` on the shell `opts` make, failing the test past 30 s.
+fn run_bounded(
+    runtime: &tokio::runtime::Runtime,
+    opts: SshOptions,
+    command: &str,
+) -> Result<Output, ShellError> {
+    runtime
+        .block_on(async {
+            let shell = Shell::with_ssh(opts);
+            tokio::time::timeout(Duration::from_secs(30), shell.run(command)).await
+        })
+        .unwrap_or_else(|_| panic!("`{command}` did not finish in 30 s"))
+}
+
+/// Options for `site` from an ssh_config (written to `config`) that says `IdentitiesOnly yes`
+/// and names `identity` as the only IdentityFile.
+fn identities_only(fleet: &Fleet, site: &str, config: &Path, identity: &Path) -> SshOptions {
+    std::fs::write(
+        config,
+        format!(
+            "Host *\n  IdentitiesOnly yes\n  IdentityFile {}\n",
+            identity.display()
+        ),
+    )
+    .unwrap();
+    let mut opts = only_key(fleet, site, identity);
+    opts.identity = None;
+    opts.ssh_config = Some(config.to_owned());
+    opts
+}
+
 #[test]
 #[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
 fn an_agent_key_authenticates_unless_identities_only() {
@@ -57,13 +88,12 @@ fn an_agent_key_authenticates_unless_identities_only() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     // No key file exists: only the agent's key can log in.
     let missing = dir.path().join("no-such-key");
-    let out = runtime
-        .block_on(async {
-            let shell = Shell::with_ssh(only_key(&fleet, "site004", &missing));
-            tokio::time::timeout(Duration::from_secs(30), shell.run("echo via agent")).await
-        })
-        .expect("agent login did not finish in 30 s")
-        .unwrap_or_else(|e| panic!("agent login: {e}"));
+    let out = run_bounded(
+        &runtime,
+        only_key(&fleet, "site004", &missing),
+        "echo via agent",
+    )
+    .unwrap_or_else(|e| panic!("agent login: {e}"));
     assert_eq!(out.stdout_text(), "via agent\n");
     let accepted = format!("ssh2: ECDSA {}", fingerprint(&fleet.ecdsa_identity));
     let log = std::fs::read_to_string(fleet.log_of(fleet.site("site004"))).unwrap();
@@ -77,24 +107,8 @@ fn an_agent_key_authenticates_unless_identities_only() {
     let stranger = dir.path().join("stranger");
     keygen(&stranger, "");
     let config = dir.path().join("ssh_config");
-    std::fs::write(
-        &config,
-        format!(
-            "Host *\n  IdentitiesOnly yes\n  IdentityFile {}\n",
-            stranger.display()
-        ),
-    )
-    .unwrap();
-    let mut opts = only_key(&fleet, "site004", &stranger);
-    opts.identity = None;
-    opts.ssh_config = Some(config.clone());
-    let err = runtime
-        .block_on(async {
-            let shell = Shell::with_ssh(opts);
-            tokio::time::timeout(Duration::from_secs(30), shell.run("true")).await
-        })
-        .expect("refused login did not finish in 30 s")
-        .unwrap_err();
+    let opts = identities_only(&fleet, "site004", &config, &stranger);
+    let err = run_bounded(&runtime, opts, "true").unwrap_err();
     match &err.kind {
         ErrorKind::AuthFailed { tried, .. } => assert_eq!(
             tried,
@@ -128,28 +142,13 @@ fn an_agent_key_authenticates_unless_identities_only() {
         .status()
         .unwrap();
     assert!(added.success(), "ssh-add of the encrypted key failed");
-    std::fs::write(
-        &config,
-        format!(
-            "Host *\n  IdentitiesOnly yes\n  IdentityFile {}\n",
-            fleet.locked_identity.display()
-        ),
-    )
-    .unwrap();
     // The sshd log serves 16 sites: only what this login adds to it counts.
     let log_path = fleet.log_of(fleet.site("site009")).to_owned();
     let before = std::fs::read(&log_path).unwrap().len();
     let prompter = std::sync::Arc::new(polyshell_auth::ScriptedPrompter::new(Vec::<String>::new()));
-    let mut opts = only_key(&fleet, "site009", &fleet.locked_identity);
-    opts.identity = None;
-    opts.ssh_config = Some(config.clone());
+    let mut opts = identities_only(&fleet, "site009", &config, &fleet.locked_identity);
     opts.passphrases = Some(polyshell_shell::KeyPassphrases::new(prompter.clone()));
-    let out = runtime
-        .block_on(async {
-            let shell = Shell::with_ssh(opts);
-            tokio::time::timeout(Duration::from_secs(30), shell.run("echo locked via agent")).await
-        })
-        .expect("agent login did not finish in 30 s")
+    let out = run_bounded(&runtime, opts, "echo locked via agent")
         .unwrap_or_else(|e| panic!("encrypted key through the agent: {e}"));
     assert_eq!(out.stdout_text(), "locked via agent\n");
     assert_eq!(
@@ -172,23 +171,8 @@ fn an_agent_key_authenticates_unless_identities_only() {
         &pub_only,
     )
     .unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "Host *\n  IdentitiesOnly yes\n  IdentityFile {}\n",
-            pub_only.display()
-        ),
-    )
-    .unwrap();
-    let mut opts = only_key(&fleet, "site009", &pub_only);
-    opts.identity = None;
-    opts.ssh_config = Some(config.clone());
-    let out = runtime
-        .block_on(async {
-            let shell = Shell::with_ssh(opts);
-            tokio::time::timeout(Duration::from_secs(30), shell.run("echo by pub")).await
-        })
-        .expect("agent login did not finish in 30 s")
+    let opts = identities_only(&fleet, "site009", &config, &pub_only);
+    let out = run_bounded(&runtime, opts, "echo by pub")
         .unwrap_or_else(|e| panic!("IdentityFile KEY.pub with the key in the agent: {e}"));
     assert_eq!(out.stdout_text(), "by pub\n");
 
