@@ -200,3 +200,130 @@ impl Fleet {
         path
     }
 }
+
+/// How many processes on this machine (the fleet is local) match `pattern` (`pgrep -f`).
+pub fn count_processes(pattern: &str) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-c", "-f", pattern])
+        .output()
+        .expect("pgrep runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+/// Whether `check` holds within `secs` seconds (looked at every 100 ms).
+pub fn wait_for(secs: u64, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    check()
+}
+
+/// An sshd of a test's own on `ADDR:2222`, configured like the fleet's (its keys, users and
+/// limits), that the test may kill, stop or restart; killed with everything under it when
+/// dropped.
+pub struct OwnSshd {
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+    /// A known_hosts file of its own (empty at the start: use accept-new).
+    pub known_hosts: PathBuf,
+    /// Where it logs (`-E`): `Accepted publickey` lines count its logins.
+    pub log: PathBuf,
+}
+
+impl OwnSshd {
+    /// Starts it on `addr` (a loopback address no fleet site uses, e.g. `127.79.0.1`).
+    pub fn start(fleet: &Fleet, addr: &str) -> OwnSshd {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let template =
+            std::fs::read_to_string(&fleet.processes[0].config).expect("the fleet's sshd config");
+        let config: String = template
+            .lines()
+            .filter(|l| !l.starts_with("ListenAddress") && !l.starts_with("PidFile"))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            + &format!(
+                "ListenAddress {addr}:2222\nPidFile {}\n",
+                dir.path().join("pid").display()
+            );
+        let cfg = dir.path().join("sshd_config");
+        std::fs::write(&cfg, config).expect("write sshd_config");
+        let log = dir.path().join("sshd.log");
+        let child = std::process::Command::new("/usr/sbin/sshd")
+            .args(["-D", "-f"])
+            .arg(&cfg)
+            .arg("-E")
+            .arg(&log)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start /usr/sbin/sshd");
+        assert!(
+            wait_for(10, || std::net::TcpStream::connect((addr, 2222)).is_ok()),
+            "own sshd on {addr} did not start"
+        );
+        let known_hosts = dir.path().join("known_hosts");
+        OwnSshd {
+            child,
+            _dir: dir,
+            known_hosts,
+            log,
+        }
+    }
+
+    /// How many logins its log shows.
+    pub fn logins(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("Accepted publickey")
+            .count()
+    }
+
+    /// The listener and every process under it.
+    pub fn tree(&self) -> Vec<i32> {
+        let mut pids = vec![self.child.id() as i32];
+        let mut i = 0;
+        while i < pids.len() {
+            let parent = pids[i];
+            for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+                    continue;
+                };
+                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                    continue;
+                };
+                let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+                    continue;
+                };
+                if rest.split(' ').nth(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
+                    pids.push(pid);
+                }
+            }
+            i += 1;
+        }
+        pids
+    }
+
+    /// Sends `signal` to the listener and every process under it.
+    pub fn signal_all(&self, signal: i32) {
+        for pid in self.tree() {
+            // SAFETY: signalling processes this test started.
+            unsafe {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+}
+
+impl Drop for OwnSshd {
+    fn drop(&mut self) {
+        self.signal_all(libc::SIGCONT);
+        self.signal_all(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}

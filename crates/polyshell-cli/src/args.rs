@@ -53,6 +53,11 @@ pub(crate) struct Cli {
     /// Give up on a site that does not complete connecting within S seconds (default 10).
     #[arg(long = "connect-timeout", global = true, help_heading = "Global options", value_name = "S", value_parser = crate::values::duration)]
     pub(crate) connect_timeout: Option<Duration>,
+    /// Keep the run's SSH connections open for DURATION of idleness (`10m`, `1h`), in a
+    /// per-user keeper process: the next invocation on the same sites skips every handshake.
+    /// Also POLYSHELL_PERSIST, or `persist` in the Polyfile's `[settings]`; `0` keeps nothing.
+    #[arg(long, global = true, help_heading = "Global options", value_name = "DURATION", value_parser = crate::values::duration)]
+    pub(crate) persist: Option<Duration>,
     /// How output is shown.
     #[arg(
         long,
@@ -262,6 +267,15 @@ pub(crate) enum Command {
         #[arg(long = "token-file", value_name = "FILE")]
         token_file: Option<PathBuf>,
     },
+    /// List the SSH connections kept by `--persist` (site, host, age, idle, in use), or
+    /// close them.
+    #[command(
+        after_help = "Examples:\n  polyshell connections\n  polyshell connections close 'web*'\n  polyshell connections close          every kept connection; the keeper exits"
+    )]
+    Connections {
+        #[command(subcommand)]
+        action: Option<ConnectionsAction>,
+    },
     /// Print a shell completion script.
     #[command(
         after_help = "Example: polyshell completions bash > /etc/bash_completion.d/polyshell"
@@ -269,6 +283,17 @@ pub(crate) enum Command {
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// What `polyshell connections` does.
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConnectionsAction {
+    /// Close kept connections: those whose site or host matches TARGETS (names, `*` and `?`
+    /// wildcards, `web[01-20]` ranges, comma-separated), or all of them.
+    Close {
+        #[arg(value_name = "TARGETS")]
+        targets: Option<String>,
     },
 }
 

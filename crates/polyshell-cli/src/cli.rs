@@ -186,6 +186,9 @@ fn rerun_cli(
     if given("verbose") {
         new.verbose = cli.verbose;
     }
+    if given("persist") {
+        new.persist = cli.persist;
+    }
     new.dry_run |= cli.dry_run;
     new.no_record |= cli.no_record;
     if let Some(only) = &rerun.only {
@@ -244,7 +247,24 @@ fn shell_settings(cli: &Cli) -> ShellSettings {
             .clone()
             .or_else(|| std::env::var_os("POLYSHELL_SSH_CONFIG").map(PathBuf::from)),
         password_file: cli.sudo_password_file.clone(),
+        persist: None,
     }
+}
+
+/// `--persist`, else `POLYSHELL_PERSIST`, else the Polyfile's `[settings] persist`; zero is none.
+fn persist(cli: &Cli, polyfile: Option<Duration>) -> Result<Option<Duration>, CliError> {
+    let from_env = match std::env::var("POLYSHELL_PERSIST") {
+        Ok(text) if !text.trim().is_empty() => Some(
+            crate::values::duration(&text)
+                .map_err(|e| CliError::usage(format!("POLYSHELL_PERSIST: {e}")))?,
+        ),
+        _ => None,
+    };
+    Ok(cli
+        .persist
+        .or(from_env)
+        .or(polyfile)
+        .filter(|d| !d.is_zero()))
 }
 
 /// How the run is carried out and recorded. A ledger configured wrongly (the environment)
@@ -276,9 +296,11 @@ fn settings(cli: &Cli, plan: &Plan) -> Result<Settings, CliError> {
             Err(e) => return Err(e),
         }
     };
+    let mut shells = shell_settings(cli);
+    shells.persist = persist(cli, plan.persist)?;
     Ok(Settings {
         output: cli.output,
-        shells: shell_settings(cli),
+        shells,
         ask_sudo_pass: cli.ask_sudo_pass,
         record,
     })
@@ -387,6 +409,7 @@ async fn adhoc(
         return Ok(exit::SUCCESS);
     }
     let plan = Plan {
+        persist: inv.polyfile.as_ref().and_then(|pf| pf.persist),
         sites: inv.sites,
         jobs,
         chain: vec![schedule],
@@ -446,6 +469,7 @@ async fn dispatch(cli: Cli) -> Result<u8, CliError> {
             };
             crate::serve::serve(crate::record::ledger()?, *listen, token).await
         }
+        Command::Connections { action } => crate::info::connections(action.as_ref()).await,
         Command::Rerun { .. } => Err(CliError::usage(
             "rerun: the recorded run could not be prepared",
         )),
@@ -621,6 +645,7 @@ async fn run_polyfile(cli: &Cli, pf: &Polyfile, chain: Vec<Schedule>) -> Result<
         targets: planned.iter().map(|(s, _)| s.clone()).collect(),
         actions: planned.iter().map(|(_, n)| n).sum(),
         planned,
+        persist: pf.persist,
     };
     warn_unchecked_host_keys(cli, &plan);
     let settings = settings(cli, &plan)?;

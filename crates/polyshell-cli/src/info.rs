@@ -134,3 +134,84 @@ pub(crate) fn print_sites(store: &SiteStore, names: &[String]) {
         range::fold(names)
     );
 }
+
+/// `polyshell connections [close [TARGETS]]`: what the keeper of `--persist` holds, or
+/// closing some or all of it.
+pub(crate) async fn connections(
+    action: Option<&crate::args::ConnectionsAction>,
+) -> Result<u8, CliError> {
+    use polyshell_shell::keeper::Keeper;
+    let failed = |e: polyshell_shell::ErrorKind| CliError {
+        status: exit::SITE_FAILED,
+        message: e.to_string(),
+    };
+    let Some(keeper) = Keeper::running().await.map_err(failed)? else {
+        say("no connections are kept (no keeper runs; `--persist DURATION` starts one)\n");
+        return Ok(exit::SUCCESS);
+    };
+    match action {
+        None => {
+            let list = keeper.list().await.map_err(failed)?;
+            if list.is_empty() {
+                say("no connections are kept\n");
+                return Ok(exit::SUCCESS);
+            }
+            let width = list.iter().map(|k| k.site.len()).max().unwrap_or(4).max(4);
+            let host_width = list.iter().map(|k| k.host.len()).max().unwrap_or(4).max(4);
+            let mut text = format!(
+                "{:width$}  {:host_width$}  {:>7}  {:>7}  {:>6}  {:>8}\n",
+                "SITE", "HOST", "AGE", "IDLE", "IN USE", "KEPT FOR"
+            );
+            for k in &list {
+                text += &format!(
+                    "{:width$}  {:host_width$}  {:>7}  {:>7}  {:>6}  {:>8}\n",
+                    k.site,
+                    k.host,
+                    span(k.age_secs),
+                    span(k.idle_secs),
+                    k.in_use,
+                    span(k.persist_secs)
+                );
+            }
+            say(&text);
+            Ok(exit::SUCCESS)
+        }
+        Some(crate::args::ConnectionsAction::Close { targets }) => {
+            let mut patterns = Vec::new();
+            for word in targets.iter().flat_map(|t| t.split(',')) {
+                let word = word.trim();
+                if word.is_empty() {
+                    continue;
+                }
+                if word.contains('[') {
+                    let names = range::expand_with(word, &range::EmptyGroups)
+                        .map_err(|e| CliError::usage(format!("connections close: {e}")))?;
+                    patterns.extend(names);
+                } else {
+                    patterns.push(word.to_owned());
+                }
+            }
+            let count = keeper.close(&patterns).await.map_err(failed)?;
+            say(&format!(
+                "closed {count} kept connection{}\n",
+                if count == 1 { "" } else { "s" }
+            ));
+            Ok(exit::SUCCESS)
+        }
+    }
+}
+
+/// Standard output, a reader that went away (`| head`) being no error.
+fn say(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+}
+
+/// Seconds as `45s`, `12m05s`, `3h02m`.
+fn span(secs: u64) -> String {
+    match secs {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}

@@ -22,6 +22,8 @@ pub struct Polyfile {
     pub schedules: BTreeMap<String, Vec<Schedule>>,
     /// `[locks.NAME]`, built once: every job and chain entry naming one shares it.
     pub locks: BTreeMap<String, Declared>,
+    /// `[settings] persist`: keep SSH connections this long after a run (`--persist`).
+    pub persist: Option<std::time::Duration>,
 }
 
 /// A job: its actions, in order.
@@ -82,7 +84,8 @@ pub enum StepKind {
     },
 }
 
-const TOP_KEYS: &[&str] = &["sites", "roles", "locks", "jobs", "schedules"];
+const TOP_KEYS: &[&str] = &["sites", "roles", "locks", "jobs", "schedules", "settings"];
+const SETTINGS_KEYS: &[&str] = &["persist"];
 const ACTION_KEYS: &[&str] = &[
     "roles", "run", "sudo", "local", "upload", "download", "steps", "timeout", "env", "cwd", "set",
     "locks",
@@ -114,6 +117,40 @@ impl Checker<'_> {
     fn error(&mut self, span: Option<Range<usize>>, message: impl Into<String>) {
         self.diags.push(self.source.error(span, message));
     }
+}
+
+/// `[settings]`: options of every run of the Polyfile that the command line can override.
+fn settings(c: &mut Checker, root: &Table) -> Option<std::time::Duration> {
+    let item = root.get("settings")?;
+    let Some(table) = item.as_table() else {
+        c.error(item.span(), "`settings` must be a table ([settings])");
+        return None;
+    };
+    let mut persist = None;
+    for (key, item) in table.iter() {
+        let span = key_span(table, key);
+        match key {
+            "persist" => {
+                let parsed = match (item.as_str(), item.as_integer()) {
+                    (Some(text), _) => crate::values::duration(text),
+                    (None, Some(n)) if n >= 0 => Ok(std::time::Duration::from_secs(n as u64)),
+                    _ => Err("must be a duration (\"10m\", \"1h\") or whole seconds".into()),
+                };
+                match parsed {
+                    Ok(d) => persist = Some(d),
+                    Err(e) => c.error(item.span().or(span), format!("settings: `persist` {e}")),
+                }
+            }
+            other => c.error(
+                span,
+                format!(
+                    "settings: unknown key `{other}` (expected one of: {})",
+                    SETTINGS_KEYS.join(", ")
+                ),
+            ),
+        }
+    }
+    persist
 }
 
 fn key_span(table: &Table, key: &str) -> Option<Range<usize>> {
@@ -192,12 +229,14 @@ pub fn load(source: &Source) -> Result<Polyfile, Vec<Diagnostic>> {
             None => c.error(item.span(), "`schedules` must be a table of schedules"),
         }
     }
+    let persist = settings(&mut c, root);
     if c.diags.is_empty() {
         Ok(Polyfile {
             sites,
             jobs,
             schedules,
             locks: declared,
+            persist,
         })
     } else {
         c.diags.sort_by_key(|d| (d.line, d.column));

@@ -7,6 +7,7 @@ use crate::shells::{CliShells, ShellSettings, DEFAULT_AGENT};
 use polyshell_auth::{Console, ConsoleStream};
 use polyshell_sched::ledger::Ledger;
 use polyshell_sched::{Batch, EventSink, Jobs, Schedule, Tee};
+use polyshell_shell::keeper::Keeper;
 use polyshell_sites::SiteStore;
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub struct Plan {
     pub actions: usize,
     /// Each target with how many action runs it gets (what the ledger records).
     pub planned: Vec<(String, usize)>,
+    /// The Polyfile's `[settings] persist`.
+    pub persist: Option<Duration>,
 }
 
 pub struct Settings {
@@ -71,10 +74,26 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
         Console::new(move |stream, bytes| terminal.write(stream, bytes))
     };
     *CONSOLE.lock().unwrap_or_else(|p| p.into_inner()) = Some(console.clone());
-    let shells = Arc::new(CliShells::new(
-        settings.shells.clone(),
-        Some(console.clone()),
-    ));
+    let mut shells = CliShells::new(settings.shells.clone(), Some(console.clone()));
+    if let Some(persist) = settings.shells.persist {
+        // Only sites reached with libssh2 are kept; a run of local sites starts no keeper.
+        let over_ssh = plan.targets.iter().any(|name| {
+            plan.sites.get(name).is_some_and(|site| {
+                matches!(site.host(), Ok(Some(_))) && matches!(site.ssh_program(), Ok(None))
+            })
+        });
+        if over_ssh {
+            match Keeper::connect(persist).await {
+                Ok(keeper) => shells.keeper = Some(keeper),
+                Err(e) => console.write(
+                    ConsoleStream::Stderr,
+                    format!("polyshell: warning: connections are not kept after this run: {e}\n")
+                        .as_bytes(),
+                ),
+            }
+        }
+    }
+    let shells = Arc::new(shells);
     if settings.ask_sudo_pass {
         // Every agent the run's sites use, in the order of the sites, one prompt each.
         let mut agents: Vec<String> = Vec::new();

@@ -5,6 +5,7 @@ use polyshell_auth::{
     Console, NoPrompter, PasswordAgent, Prompter, StaticPrompter, TerminalPrompter,
 };
 use polyshell_sched::ShellFactory;
+use polyshell_shell::keeper::Keeper;
 use polyshell_shell::{HostKeyPolicy, KeyPassphrases, Shell, SshOptions};
 use polyshell_sites::Site;
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ pub struct ShellSettings {
     pub host_key_policy: Option<HostKeyPolicy>,
     pub ssh_config: Option<PathBuf>,
     pub password_file: Option<PathBuf>,
+    /// Keep SSH connections this long after their last use (`--persist`).
+    pub persist: Option<Duration>,
 }
 
 pub struct CliShells {
@@ -32,6 +35,8 @@ pub struct CliShells {
     agents: Mutex<HashMap<String, Arc<PasswordAgent>>>,
     /// Passphrases of encrypted keys: each asked once for the run.
     passphrases: Arc<KeyPassphrases>,
+    /// The connection keeper (`--persist`), when connections are kept.
+    pub keeper: Option<Arc<Keeper>>,
 }
 
 impl CliShells {
@@ -55,6 +60,7 @@ impl CliShells {
             agents: Mutex::default(),
             // Key passphrases as OpenSSH asks them, holding live output while asking.
             passphrases: KeyPassphrases::from_environment_with(console),
+            keeper: None,
         }
     }
 
@@ -86,7 +92,10 @@ impl ShellFactory for CliShells {
                         site.connect_timeout()?.or(self.settings.connect_timeout);
                     opts.proxy_jump = site.proxy_jump()?.map(str::to_owned);
                     opts.passphrases = Some(self.passphrases.clone());
-                    Shell::with_ssh(opts)
+                    match &self.keeper {
+                        Some(keeper) => Shell::with_ssh_kept(opts, keeper),
+                        None => Shell::with_ssh(opts),
+                    }
                 }
                 Some(program) => {
                     let mut args = site.ssh_args()?;

@@ -3,7 +3,7 @@
 
 use assert_cmd::Command;
 use polyshell_shell::{ErrorKind, HostKeyPolicy, Shell, SshOptions};
-use polyshell_tests::Fleet;
+use polyshell_tests::{count_processes, wait_for, Fleet, OwnSshd};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -33,26 +33,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap()
-}
-
-/// How many processes on this machine (the fleet is local) match `pattern`.
-fn count_processes(pattern: &str) -> usize {
-    let out = std::process::Command::new("pgrep")
-        .args(["-c", "-f", pattern])
-        .output()
-        .unwrap();
-    text(&out.stdout).trim().parse().unwrap_or(0)
-}
-
-fn wait_for(secs: u64, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    check()
 }
 
 /// A fake server on loopback: `behaviour` gets each accepted connection.
@@ -155,99 +135,17 @@ fn dead_hosts_fail_alone_naming_the_cause() {
     });
 }
 
-/// An sshd of this test's own, on 127.79.0.1, configured like the fleet's.
-struct OwnSshd {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-    known_hosts: std::path::PathBuf,
-}
-
-impl OwnSshd {
-    fn start(fleet: &Fleet, addr: &str) -> OwnSshd {
-        let dir = tempfile::tempdir().unwrap();
-        let template = std::fs::read_to_string(&fleet.processes[0].config).unwrap();
-        let config: String = template
-            .lines()
-            .filter(|l| !l.starts_with("ListenAddress") && !l.starts_with("PidFile"))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-            + &format!(
-                "ListenAddress {addr}:2222\nPidFile {}\n",
-                dir.path().join("pid").display()
-            );
-        let cfg = dir.path().join("sshd_config");
-        std::fs::write(&cfg, config).unwrap();
-        let child = std::process::Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(&cfg)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(
-            wait_for(10, || std::net::TcpStream::connect((addr, 2222)).is_ok()),
-            "own sshd did not start"
-        );
-        let known_hosts = dir.path().join("known_hosts");
-        OwnSshd {
-            child,
-            _dir: dir,
-            known_hosts,
-        }
-    }
-
-    fn shell(&self, fleet: &Fleet, addr: &str, keepalive: u64) -> Shell {
-        let mut opts = SshOptions::new(addr);
-        opts.port = Some(2222);
-        opts.user = Some(fleet.user.clone());
-        opts.identity = Some(fleet.identity.clone());
-        opts.ssh_config = Some(fleet.ssh_config.clone());
-        opts.known_hosts = Some(self.known_hosts.clone());
-        opts.host_key_policy = Some(HostKeyPolicy::AcceptNew);
-        opts.keepalive = Some(Duration::from_secs(keepalive));
-        Shell::with_ssh(opts)
-    }
-
-    /// The listener and every process under it.
-    fn tree(&self) -> Vec<i32> {
-        let mut pids = vec![self.child.id() as i32];
-        let mut i = 0;
-        while i < pids.len() {
-            let parent = pids[i];
-            for e in std::fs::read_dir("/proc").unwrap().flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
-                    continue;
-                };
-                let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                    continue;
-                };
-                let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
-                    continue;
-                };
-                if rest.split(' ').nth(1).and_then(|p| p.parse::<i32>().ok()) == Some(parent) {
-                    pids.push(pid);
-                }
-            }
-            i += 1;
-        }
-        pids
-    }
-
-    fn signal_all(&self, signal: i32) {
-        for pid in self.tree() {
-            // SAFETY: signalling processes this test started.
-            unsafe {
-                libc::kill(pid, signal);
-            }
-        }
-    }
-}
-
-impl Drop for OwnSshd {
-    fn drop(&mut self) {
-        self.signal_all(libc::SIGCONT);
-        self.signal_all(libc::SIGKILL);
-        let _ = self.child.wait();
-    }
+/// A libssh2 shell to `sshd` on `addr`, as the fleet's user, keepalives every `keepalive` s.
+fn own_shell(sshd: &OwnSshd, fleet: &Fleet, addr: &str, keepalive: u64) -> Shell {
+    let mut opts = SshOptions::new(addr);
+    opts.port = Some(2222);
+    opts.user = Some(fleet.user.clone());
+    opts.identity = Some(fleet.identity.clone());
+    opts.ssh_config = Some(fleet.ssh_config.clone());
+    opts.known_hosts = Some(sshd.known_hosts.clone());
+    opts.host_key_policy = Some(HostKeyPolicy::AcceptNew);
+    opts.keepalive = Some(Duration::from_secs(keepalive));
+    Shell::with_ssh(opts)
 }
 
 #[test]
@@ -256,7 +154,7 @@ fn sshd_killed_while_a_command_runs_is_connection_lost() {
     let fleet = Fleet::load();
     let sshd = OwnSshd::start(&fleet, "127.79.0.1");
     runtime().block_on(async {
-        let shell = sshd.shell(&fleet, "127.79.0.1", 15);
+        let shell = own_shell(&sshd, &fleet, "127.79.0.1", 15);
         shell.run("true").await.unwrap();
         let running = shell.run("sleep 30");
         let killer = async {
@@ -284,7 +182,7 @@ fn a_host_that_goes_silent_is_caught_by_keepalives() {
     let fleet = Fleet::load();
     let sshd = OwnSshd::start(&fleet, "127.79.0.2");
     runtime().block_on(async {
-        let shell = sshd.shell(&fleet, "127.79.0.2", 1);
+        let shell = own_shell(&sshd, &fleet, "127.79.0.2", 1);
         shell.run("true").await.unwrap();
         let running = shell.run("sleep 30");
         let freezer = async {

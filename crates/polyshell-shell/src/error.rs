@@ -145,6 +145,18 @@ pub enum ErrorKind {
         /// What failed, as the library, the server or the system said it.
         reason: String,
     },
+    /// The connection died before the command was sent: it did not run, and may be started
+    /// again on a new connection (the connection keeper does so by itself).
+    #[error("connection to {host} lost before the command started: {reason}")]
+    LostBeforeStart {
+        /// The host, as named in messages.
+        host: String,
+        /// What failed, as the library, the server or the system said it.
+        reason: String,
+    },
+    /// The connection keeper (`--persist`) could not be reached or started, or went away.
+    #[error("connection keeper: {0}")]
+    Keeper(String),
     /// The command ran past its time limit and was terminated.
     #[error("command timed out after {}s and was terminated", .0.as_secs_f64())]
     Timeout(Duration),

@@ -42,6 +42,8 @@
 mod command;
 mod error;
 mod external;
+#[cfg(feature = "ssh")]
+pub mod keeper;
 mod local;
 mod output;
 pub mod process;
@@ -167,6 +169,18 @@ impl Shell {
     pub fn with_ssh(options: SshOptions) -> Shell {
         let site = options.host.clone();
         Shell::with_transport(&site, Arc::new(ssh::SshTransport::new(options)))
+    }
+
+    /// An SSH shell whose connection is kept by the user's connection keeper: it stays open
+    /// after this process ends, and the next process's shell for the same site uses it with
+    /// no handshake (see [`keeper`]). (Cargo feature `ssh`.)
+    #[cfg(feature = "ssh")]
+    pub fn with_ssh_kept(options: SshOptions, keeper: &Arc<keeper::Keeper>) -> Shell {
+        let site = options.host.clone();
+        Shell::with_transport(
+            &site,
+            Arc::new(keeper::KeptTransport::new(options, keeper.clone())),
+        )
     }
 
     /// A shell that runs each command through the system OpenSSH client:

@@ -34,7 +34,7 @@ pub(crate) async fn connect(
     let wake = Arc::new(Notify::new());
     let alive = Arc::new(AtomicBool::new(true));
     let next_id = Arc::new(AtomicU64::new(1));
-    let pid_marker: Arc<str> = format!("[polyshell-pid-{:016x}]", rand::random::<u64>()).into();
+    let pid_marker = pid_marker();
     let driver = Driver {
         session,
         fd,
@@ -55,6 +55,17 @@ pub(crate) async fn connect(
         pid_marker,
         host: target.alias.as_str().into(),
     })
+}
+
+/// The marker of the pid line every command prints first: one per process, random, so that
+/// a command's own output cannot fake it. One for every connection of the process, so that a
+/// script written for a connection that was replaced (see the connection keeper) still
+/// carries the marker its driver looks for.
+pub(crate) fn pid_marker() -> Arc<str> {
+    static MARKER: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    MARKER
+        .get_or_init(|| format!("[polyshell-pid-{:016x}]", rand::random::<u64>()).into())
+        .clone()
 }
 
 /// An authenticated session to `target`, in non-blocking mode, with its socket's readiness.

@@ -117,6 +117,14 @@ impl Driver {
                         last_heard = Instant::now();
                         match self.step_all(&mut ops, &mut opening) {
                             Ok(true) => {}
+                            Ok(false) if ops.is_empty() => {
+                                // libssh2 reads only for a channel: an idle connection
+                                // (a kept one) learns of the server's end from the socket.
+                                if let Some(reason) = peer_closed(self.fd.get_ref().0) {
+                                    return self.die(ops, reason);
+                                }
+                                guard.clear_ready();
+                            }
                             Ok(false) => guard.clear_ready(),
                             Err(reason) => return self.die(ops, reason),
                         }
@@ -153,12 +161,14 @@ impl Driver {
         self.alive.store(false, Ordering::Release);
         for op in ops {
             op.credit.close();
-            let _ = op
-                .events
-                .try_send(ProcEvent::Failed(ErrorKind::ConnectionLost {
-                    host: self.host.clone(),
-                    reason: reason.clone(),
-                }));
+            let (host, reason) = (self.host.clone(), reason.clone());
+            // A command whose `exec` was never sent did not run: safe to start again.
+            let lost = if matches!(op.kind, OpenKind::Exec { .. }) && !op.exec_sent {
+                ErrorKind::LostBeforeStart { host, reason }
+            } else {
+                ErrorKind::ConnectionLost { host, reason }
+            };
+            let _ = op.events.try_send(ProcEvent::Failed(lost));
             for done in op.on_done {
                 let _ = done.send(());
             }
@@ -425,6 +435,26 @@ impl Driver {
             State::Done => Ok(false),
         }
     }
+}
+
+/// Why the peer of socket `fd` is gone (it closed, reset, or the socket failed), or `None`
+/// while it is there. Sees the end even behind unread data, which libssh2 reads later.
+fn peer_closed(fd: std::os::fd::RawFd) -> Option<String> {
+    let mut poll = libc::pollfd {
+        fd,
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut poll, 1, 0) };
+    if n <= 0 {
+        return None;
+    }
+    if poll.revents & (libc::POLLERR | libc::POLLNVAL) != 0 {
+        return Some("the connection's socket failed".into());
+    }
+    (poll.revents & (libc::POLLRDHUP | libc::POLLHUP) != 0)
+        .then(|| "the server closed the connection".into())
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

@@ -14,6 +14,8 @@ mod nonblocking;
 mod target;
 
 pub use auth::KeyPassphrases;
+pub(crate) use connect::pid_marker;
+pub(crate) use target::{resolve, AgentChoice};
 pub use target::{HostKeyPolicy, SshOptions};
 
 use crate::error::ErrorKind;
@@ -36,7 +38,7 @@ const BULK_EVENT_QUEUE: usize = 32;
 
 /// The runtime that drives every SSH connection of this process. Callers may use any
 /// runtime (even a current-thread one): they talk to connections through channels.
-fn runtime() -> &'static tokio::runtime::Runtime {
+pub(crate) fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RUNTIME.get_or_init(|| {
         raise_fd_limit();
@@ -71,12 +73,18 @@ fn raise_fd_limit() {
 
 /// Connects through every bastion in turn, then to the target. Bastions are shared: every
 /// site behind the same chain uses one connection per bastion (see [`shared_bastion`]).
-async fn open(opts: SshOptions) -> Result<Connection, ErrorKind> {
-    let target = target::resolve(&opts)?;
+async fn open(opts: SshOptions, agent: Option<AgentChoice>) -> Result<Connection, ErrorKind> {
+    let with_agent = |mut target: target::Target| {
+        if let (Some(agent), AgentChoice::Env) = (&agent, &target.agent) {
+            target.agent = agent.clone();
+        }
+        target
+    };
+    let target = with_agent(target::resolve(&opts)?);
     let mut via: Option<Connection> = None;
     let mut chain = String::new();
     for spec in &target.jumps {
-        let jump = target::resolve(&target::jump_options(spec, &opts))?;
+        let jump = with_agent(target::resolve(&target::jump_options(spec, &opts))?);
         // Everything that makes two bastion connections different goes into the key.
         chain.push_str(&format!("{jump:?}\n"));
         via = Some(shared_bastion(&chain, &jump, via.as_ref()).await?);
@@ -163,15 +171,48 @@ async fn connect_one(
 /// The libssh2 transport of one site.
 pub(crate) struct SshTransport {
     opts: SshOptions,
+    /// The ssh-agent to use where the configuration says "the environment's" (the keeper's
+    /// environment is not its client's).
+    agent: Option<AgentChoice>,
     conn: tokio::sync::Mutex<Option<Connection>>,
 }
 
 impl SshTransport {
     pub(crate) fn new(opts: SshOptions) -> SshTransport {
+        SshTransport::with_agent(opts, None)
+    }
+
+    pub(crate) fn with_agent(opts: SshOptions, agent: Option<AgentChoice>) -> SshTransport {
         SshTransport {
             opts,
+            agent,
             conn: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Whether a live connection is held now (without connecting).
+    pub(crate) fn is_connected(&self) -> bool {
+        self.conn
+            .try_lock()
+            .map(|c| c.as_ref().is_some_and(Connection::is_alive))
+            .unwrap_or(true) // being connected or used right now
+    }
+
+    /// Connects now unless a live connection is held.
+    pub(crate) async fn open_connection(&self) -> Result<(), ErrorKind> {
+        self.connection().await.map(|_| ())
+    }
+
+    /// Runs `script` (a whole remote command line) on a channel of the live connection.
+    pub(crate) async fn open_script(
+        &self,
+        script: String,
+        pty: bool,
+        bulk: bool,
+    ) -> Result<SshProcess, ErrorKind> {
+        let conn = self.connection().await?;
+        let queue = if bulk { BULK_EVENT_QUEUE } else { EVENT_QUEUE };
+        SshProcess::open(&conn, OpenKind::Exec { script, pty }, queue)
     }
 
     /// The live connection, connecting (again) when there is none.
@@ -182,7 +223,7 @@ impl SshTransport {
         }
         let opts = self.opts.clone();
         let fresh = runtime()
-            .spawn(open(opts))
+            .spawn(open(opts, self.agent.clone()))
             .await
             .map_err(|e| ErrorKind::Io(std::io::Error::other(format!("connection task: {e}"))))??;
         *conn = Some(fresh.clone());
@@ -193,22 +234,10 @@ impl SshTransport {
 #[async_trait]
 impl Transport for SshTransport {
     async fn spawn(&self, command: &Command) -> Result<Box<dyn Process>, ErrorKind> {
-        let conn = self.connection().await?;
-        let script =
-            crate::command::login_shell_line(&command.remote_script(Some(&conn.pid_marker)));
-        let queue = if command.bulk {
-            BULK_EVENT_QUEUE
-        } else {
-            EVENT_QUEUE
-        };
-        Ok(Box::new(SshProcess::open(
-            &conn,
-            OpenKind::Exec {
-                script,
-                pty: command.pty,
-            },
-            queue,
-        )?))
+        let script = crate::command::login_shell_line(&command.remote_script(Some(&pid_marker())));
+        Ok(Box::new(
+            self.open_script(script, command.pty, command.bulk).await?,
+        ))
     }
 
     async fn connect(&self) -> Result<(), ErrorKind> {

@@ -1,0 +1,466 @@
+//! `--persist`: connections kept by a per-user keeper between invocations, against real
+//! sshd processes of the tests' own (their logs count logins; they can be killed and
+//! restarted). Each test has a keeper directory of its own, and leaves no keeper behind.
+
+use polyshell_tests::{count_processes, wait_for, Fleet, OwnSshd};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A test's world: its own sshd on `addr`, an ssh_config naming sites `own1`..`ownN` on it,
+/// and a keeper directory of its own.
+struct World {
+    dir: tempfile::TempDir,
+    addr: &'static str,
+    sshd: Option<OwnSshd>,
+}
+
+impl World {
+    fn new(fleet: &Fleet, addr: &'static str) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let keeper = dir.path().join("keeper");
+        std::fs::create_dir(&keeper).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&keeper, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::fs::write(
+            dir.path().join("ssh_config"),
+            format!(
+                "Host own*\n  HostName {addr}\n  Port 2222\n  User {}\n  IdentityFile {}\n  \
+                 IdentitiesOnly yes\n  UserKnownHostsFile {}\n  StrictHostKeyChecking accept-new\n",
+                fleet.user,
+                fleet.identity.display(),
+                dir.path().join("known_hosts").display()
+            ),
+        )
+        .unwrap();
+        World {
+            sshd: Some(OwnSshd::start(fleet, addr)),
+            dir,
+            addr,
+        }
+    }
+
+    fn sshd(&self) -> &OwnSshd {
+        self.sshd.as_ref().unwrap()
+    }
+
+    fn keeper_dir(&self) -> PathBuf {
+        self.dir.path().join("keeper")
+    }
+
+    fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_polyshell"));
+        cmd.current_dir(self.dir.path())
+            .env("POLYSHELL_KEEPER_DIR", self.keeper_dir())
+            .env_remove("POLYSHELL_PERSIST")
+            .env_remove("SSH_AUTH_SOCK")
+            .env("NO_COLOR", "1")
+            .arg("--no-record")
+            .arg("--ssh-config")
+            .arg(self.dir.path().join("ssh_config"));
+        cmd
+    }
+
+    fn polyshell(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    /// The running keeper's pid, from its lock file.
+    fn keeper_pid(&self) -> Option<i32> {
+        let pid = std::fs::read_to_string(self.keeper_dir().join("keeper.lock")).ok()?;
+        let pid: i32 = pid.trim().parse().ok()?;
+        alive(pid).then_some(pid)
+    }
+
+    /// Kills the sshd and everything under it, and starts a new one on the same address.
+    fn restart_sshd(&mut self, fleet: &Fleet) {
+        drop(self.sshd.take());
+        self.sshd = Some(OwnSshd::start(fleet, self.addr));
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        // Whatever the test's outcome, no keeper outlives it.
+        if let Some(pid) = self.keeper_pid() {
+            // SAFETY: the keeper this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rfind(')')
+            .is_some_and(|i| stat[i + 2..].starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+fn assert_ok(out: &Output, sites: usize) {
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stdout:\n{}\nstderr:\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let plural = if sites == 1 { "" } else { "s" };
+    let summary = format!("{sites} site{plural}: {sites} ok, 0 failed");
+    assert!(
+        text(&out.stderr).contains(&summary),
+        "expected `{summary}`: {}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn a_second_run_logs_in_nowhere_and_close_leaves_no_keeper() {
+    let fleet = Fleet::load();
+    let world = World::new(&fleet, "127.79.1.1");
+    let first = world.polyshell(&["--persist", "5m", "-H", "own[1-6]", "run", "--", "echo one"]);
+    assert_ok(&first, 6);
+    assert!(
+        text(&first.stdout).contains("own3 | one"),
+        "{}",
+        text(&first.stdout)
+    );
+    assert!(
+        wait_for(5, || world.sshd().logins() == 6),
+        "six sites, six logins: {}",
+        world.sshd().logins()
+    );
+    let keeper = world.keeper_pid().expect("the first run started a keeper");
+
+    let second = world.polyshell(&["--persist", "5m", "-H", "own[1-6]", "run", "--", "echo two"]);
+    assert_ok(&second, 6);
+    assert!(
+        text(&second.stdout).contains("own5 | two"),
+        "{}",
+        text(&second.stdout)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(world.sshd().logins(), 6, "the second run logged in again");
+    assert_eq!(
+        world.keeper_pid(),
+        Some(keeper),
+        "one keeper serves both runs"
+    );
+
+    // Without --persist nothing is kept and the keeper is not used.
+    let direct = world.polyshell(&["-H", "own1", "run", "--", "true"]);
+    assert_ok(&direct, 1);
+    assert!(wait_for(5, || world.sshd().logins() == 7));
+
+    let list = world.polyshell(&["connections"]);
+    assert_eq!(list.status.code(), Some(0), "{}", text(&list.stderr));
+    let listing = text(&list.stdout);
+    assert!(listing.starts_with("SITE"), "{listing}");
+    for site in 1..=6 {
+        assert!(listing.contains(&format!("own{site} ")), "{listing}");
+    }
+    assert!(
+        listing.contains(&format!("{}@{}:2222", fleet.user, world.addr)),
+        "{listing}"
+    );
+    assert!(listing.contains("5m00s"), "kept for 5 minutes: {listing}");
+
+    let some = world.polyshell(&["connections", "close", "own[1-2]"]);
+    assert_eq!(text(&some.stdout), "closed 2 kept connections\n");
+    let listing = text(&world.polyshell(&["connections"]).stdout);
+    assert!(
+        !listing.contains("own1 ") && listing.contains("own3 "),
+        "{listing}"
+    );
+
+    let all = world.polyshell(&["connections", "close"]);
+    assert_eq!(text(&all.stdout), "closed 4 kept connections\n");
+    assert!(
+        wait_for(5, || !alive(keeper)),
+        "the keeper still runs after `connections close`"
+    );
+    assert!(!world.keeper_dir().join("keeper.sock").exists());
+    let none = world.polyshell(&["connections"]);
+    assert_eq!(none.status.code(), Some(0));
+    assert!(text(&none.stdout).starts_with("no connections are kept"));
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn a_connection_whose_sshd_restarted_is_replaced_and_the_run_stays_green() {
+    let fleet = Fleet::load();
+    let mut world = World::new(&fleet, "127.79.1.2");
+    assert_ok(
+        &world.polyshell(&["--persist", "5m", "-H", "own[1-4]", "run", "--", "true"]),
+        4,
+    );
+    // The server goes away under the kept connections (a reboot, `fleet down`/`up`).
+    world.restart_sshd(&fleet);
+    let after = world.polyshell(&[
+        "--persist",
+        "5m",
+        "-H",
+        "own[1-4]",
+        "run",
+        "--",
+        "echo back",
+    ]);
+    assert_ok(&after, 4);
+    assert!(text(&after.stdout).contains("own2 | back"));
+    assert!(
+        wait_for(5, || world.sshd().logins() == 4),
+        "replaced once each"
+    );
+    // And the replacements are kept in turn.
+    assert_ok(
+        &world.polyshell(&["--persist", "5m", "-H", "own[1-4]", "run", "--", "true"]),
+        4,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(world.sshd().logins(), 4);
+
+    // Frozen, then gone without a word (SIGSTOP, then SIGKILL: the kernel still closes the
+    // sockets): the keeper notices on its own.
+    world.sshd().signal_all(libc::SIGSTOP);
+    world.restart_sshd(&fleet);
+    assert_ok(
+        &world.polyshell(&["--persist", "5m", "-H", "own[1-4]", "run", "--", "true"]),
+        4,
+    );
+    assert_eq!(
+        world.polyshell(&["connections", "close"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn two_concurrent_invocations_share_one_keeper_and_one_connection_per_site() {
+    let fleet = Fleet::load();
+    let world = World::new(&fleet, "127.79.1.3");
+    let start = |word: &str| {
+        world
+            .command()
+            .args(["--persist", "5m", "-H", "own[1-8]", "run", "--"])
+            .arg(format!("sleep 0.3; echo {word}"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Both start with no keeper running: one keeper wins, the other invocation uses it.
+    let (a, b) = (start("alpha"), start("beta"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_ok(&a, 8);
+    assert_ok(&b, 8);
+    assert!(text(&a.stdout).contains("own8 | alpha") && !text(&a.stdout).contains("beta"));
+    assert!(text(&b.stdout).contains("own8 | beta") && !text(&b.stdout).contains("alpha"));
+    let logins = world.sshd().logins();
+    assert!(
+        logins <= 16 && logins >= 8,
+        "each site connected at most once per invocation: {logins}"
+    );
+    // Now both run on kept connections at once.
+    let (a, b) = (start("gamma"), start("delta"));
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert_ok(&a, 8);
+    assert_ok(&b, 8);
+    assert!(text(&b.stdout).contains("own1 | delta"));
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(world.sshd().logins(), logins, "no new login");
+    let listing = text(&world.polyshell(&["connections"]).stdout);
+    assert_eq!(
+        listing.lines().count(),
+        1 + 8,
+        "one kept connection per site: {listing}"
+    );
+    assert_eq!(
+        world.polyshell(&["connections", "close"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn timeout_ctrl_c_and_a_killed_client_end_the_remote_commands_of_kept_connections() {
+    let fleet = Fleet::load();
+    let world = World::new(&fleet, "127.79.1.4");
+    // --timeout
+    let out = world.polyshell(&[
+        "--persist",
+        "5m",
+        "--timeout",
+        "1",
+        "-H",
+        "own[1-3]",
+        "run",
+        "--",
+        "sleep 30.53",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("timed out after 1s"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        wait_for(5, || count_processes("[s]leep 30.53") == 0),
+        "a timed-out command survived on a kept connection"
+    );
+    // Ctrl-C (twice: stop, then cancel the running commands)
+    let mut child = world
+        .command()
+        .args([
+            "--persist",
+            "5m",
+            "-H",
+            "own[1-3]",
+            "run",
+            "--",
+            "sleep 60.73",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(20, || count_processes("[s]leep 60.73") >= 3));
+    let pid = child.id() as i32;
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    std::thread::sleep(Duration::from_millis(300));
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    assert!(wait_for(20, || matches!(child.try_wait(), Ok(Some(_)))));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(1), "{stderr}");
+    assert!(
+        wait_for(10, || count_processes("[s]leep 60.73") == 0),
+        "remote commands survived Ctrl-C on kept connections"
+    );
+    // A client killed outright (SIGKILL: no clean-up of its own): the keeper ends its commands.
+    let mut child = world
+        .command()
+        .args([
+            "--persist",
+            "5m",
+            "-H",
+            "own[1-3]",
+            "run",
+            "--",
+            "sleep 60.74",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_for(20, || count_processes("[s]leep 60.74") >= 3));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        wait_for(10, || count_processes("[s]leep 60.74") == 0),
+        "the keeper left a killed client's commands running"
+    );
+    // The connections survived all of it, still kept: no new login.
+    let logins = world.sshd().logins();
+    assert_ok(
+        &world.polyshell(&["--persist", "5m", "-H", "own[1-3]", "run", "--", "true"]),
+        3,
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(world.sshd().logins(), logins);
+    assert_eq!(
+        world.polyshell(&["connections", "close"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn a_keeper_refuses_another_user_and_a_directory_open_to_others() {
+    let fleet = Fleet::load();
+    let dir = tempfile::tempdir().unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A keeper run by the fleet's user, in a directory of that user's.
+    let uid = uid_of(&fleet.user);
+    let keeper_dir = dir.path().join("keeper");
+    std::fs::create_dir(&keeper_dir).unwrap();
+    std::fs::set_permissions(&keeper_dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+    std::os::unix::fs::chown(&keeper_dir, Some(uid), None).unwrap();
+    let mut keeper = {
+        use std::os::unix::process::CommandExt;
+        std::process::Command::new(env!("CARGO_BIN_EXE_polyshell"))
+            .env("POLYSHELL_KEEPER_SERVE", &keeper_dir)
+            .current_dir("/")
+            .uid(uid)
+            .spawn()
+            .unwrap()
+    };
+    let socket = keeper_dir.join("keeper.sock");
+    assert!(
+        wait_for(10, || socket.exists()),
+        "the other user's keeper did not start"
+    );
+    // This test runs as another user (root can enter the directory): refused by uid.
+    let mut stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    assert!(
+        text(&answer).contains("serves only the user that runs it"),
+        "{:?}",
+        text(&answer)
+    );
+    // And through polyshell: it will not even use a directory that is another user's.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyshell"))
+        .env("POLYSHELL_KEEPER_DIR", &keeper_dir)
+        .args(["connections"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("belongs to uid"),
+        "{}",
+        text(&out.stderr)
+    );
+    // Nor one open to others.
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polyshell"))
+        .env("POLYSHELL_KEEPER_DIR", &open)
+        .args(["--persist", "1m", "-H", "own1", "run", "--", "true"])
+        .env("POLYSHELL_SSH_CONFIG", "/dev/null")
+        .output()
+        .unwrap();
+    assert!(
+        text(&out.stderr).contains("is open to other users"),
+        "{}",
+        text(&out.stderr)
+    );
+    keeper.kill().unwrap();
+    keeper.wait().unwrap();
+}
+
+fn uid_of(user: &str) -> u32 {
+    let out = std::process::Command::new("id")
+        .args(["-u", user])
+        .output()
+        .unwrap();
+    text(&out.stdout).trim().parse().unwrap()
+}
