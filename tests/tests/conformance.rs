@@ -24,6 +24,8 @@ use std::time::Duration;
 enum Transport {
     Local,
     Libssh2,
+    /// libssh2 through the connection keeper (`--persist`).
+    Kept,
     OpenSsh,
 }
 
@@ -32,6 +34,7 @@ impl Transport {
         match self {
             Transport::Local => "local",
             Transport::Libssh2 => "libssh2",
+            Transport::Kept => "kept",
             Transport::OpenSsh => "openssh",
         }
     }
@@ -70,6 +73,12 @@ impl Target {
                 opts.ssh_config = Some(fleet.ssh_config.clone());
                 opts.connect_timeout = Some(Duration::from_secs(20));
                 Shell::with_ssh(opts)
+            }
+            (Transport::Kept, Some(site)) => {
+                let mut opts = SshOptions::new(&site.name);
+                opts.ssh_config = Some(fleet.ssh_config.clone());
+                opts.connect_timeout = Some(Duration::from_secs(20));
+                Shell::with_ssh_kept(opts, &common::keeper())
             }
             (Transport::OpenSsh, Some(site)) => {
                 // A non-default user and port, given as ssh's own -l and -p.
@@ -509,6 +518,11 @@ async fn one_connection_for_commands_and_transfers(t: &Target) -> Check {
             ensure(logins == 1, || format!("{logins} logins for 4 operations"))?;
             Ok("1 login for 4 operations".into())
         }
+        // The keeper's connection may be there from an earlier behaviour: none then.
+        Transport::Kept => {
+            ensure(logins <= 1, || format!("{logins} logins for 4 operations"))?;
+            Ok(format!("{logins} login for 4 operations"))
+        }
         // Documented: the system ssh is one process (one login) per command and transfer,
         // unless the user's ssh_config shares them with ControlMaster.
         Transport::OpenSsh => {
@@ -576,7 +590,7 @@ fn targets(fleet: &Arc<Fleet>) -> Vec<Target> {
         site: None,
         fleet: fleet.clone(),
     }];
-    for transport in [Transport::Libssh2, Transport::OpenSsh] {
+    for transport in [Transport::Libssh2, Transport::Kept, Transport::OpenSsh] {
         for site in &fleet.shells {
             all.push(Target {
                 transport,

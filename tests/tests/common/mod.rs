@@ -79,3 +79,32 @@ pub fn fingerprint(key: &Path) -> String {
     let text = String::from_utf8(out.stdout).unwrap();
     text.split_whitespace().nth(1).unwrap().to_owned()
 }
+
+/// This test process's connection keeper (the tests' own `test-keeper` program, in a
+/// directory of this process's own): started at the first use, shared by every kept shell.
+/// It keeps connections 60 s, and exits once its last client (this process) is gone and
+/// they closed.
+pub fn keeper() -> std::sync::Arc<polyshell_shell::keeper::Keeper> {
+    use polyshell_shell::keeper::Keeper;
+    use std::sync::{Arc, OnceLock};
+    static KEEPER: OnceLock<Arc<Keeper>> = OnceLock::new();
+    KEEPER
+        .get_or_init(|| {
+            let dir =
+                std::env::temp_dir().join(format!("polyshell-test-keeper-{}", std::process::id()));
+            let program = Path::new(env!("CARGO_BIN_EXE_test-keeper"));
+            // On a thread and a runtime of its own (callers are inside a runtime); the
+            // keeper's line lives on the shell crate's runtime, so it outlasts both.
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime")
+                    .block_on(Keeper::connect_with(&dir, program, Duration::from_secs(60)))
+                    .unwrap_or_else(|e| panic!("cannot start the test keeper: {e}"))
+            })
+            .join()
+            .expect("the keeper start")
+        })
+        .clone()
+}

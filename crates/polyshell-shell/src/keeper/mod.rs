@@ -200,13 +200,17 @@ impl Keeper {
     pub async fn connect(persist: Duration) -> Result<Arc<Keeper>, ErrorKind> {
         let program = std::env::current_exe()
             .map_err(|e| ErrorKind::Keeper(format!("cannot find this program to start: {e}")))?;
-        Keeper::connect_with(persist, &program).await
+        Keeper::connect_with(&socket_dir(), &program, persist).await
     }
 
-    /// As [`connect`](Keeper::connect), starting `program` (which calls [`serve_if_asked`])
-    /// when no keeper runs.
-    pub async fn connect_with(persist: Duration, program: &Path) -> Result<Arc<Keeper>, ErrorKind> {
-        let dir = socket_dir();
+    /// As [`connect`](Keeper::connect), with the keeper's socket in `dir` (made 0700 if
+    /// missing), starting `program` (which calls [`serve_if_asked`]) when no keeper runs.
+    pub async fn connect_with(
+        dir: &Path,
+        program: &Path,
+        persist: Duration,
+    ) -> Result<Arc<Keeper>, ErrorKind> {
+        let dir = dir.to_owned();
         check_dir(&dir).map_err(ErrorKind::Keeper)?;
         if let Ok(keeper) = Keeper::attach(&dir, persist).await {
             return Ok(keeper);
@@ -250,20 +254,33 @@ impl Keeper {
 
     /// The user's keeper if one runs (none is started).
     pub async fn running() -> Result<Option<Arc<Keeper>>, ErrorKind> {
-        let dir = socket_dir();
+        Keeper::running_in(&socket_dir()).await
+    }
+
+    /// The keeper whose socket is in `dir`, if one runs.
+    pub async fn running_in(dir: &Path) -> Result<Option<Arc<Keeper>>, ErrorKind> {
         if !dir.join(SOCKET).exists() {
             return Ok(None);
         }
-        check_dir(&dir).map_err(ErrorKind::Keeper)?;
-        match Keeper::attach(&dir, Duration::ZERO).await {
+        check_dir(dir).map_err(ErrorKind::Keeper)?;
+        match Keeper::attach(dir, Duration::ZERO).await {
             Ok(keeper) => Ok(Some(keeper)),
             Err(AttachError::Absent) => Ok(None),
             Err(AttachError::Failed(e)) => Err(ErrorKind::Keeper(e)),
         }
     }
 
+    /// Connects to the keeper on `dir`'s socket: on the SSH runtime, which drives the line's
+    /// reader and writer whatever runtime (if any still) the caller has.
     async fn attach(dir: &Path, persist: Duration) -> Result<Arc<Keeper>, AttachError> {
         let path = dir.join(SOCKET);
+        runtime()
+            .spawn(Keeper::attach_here(path, persist))
+            .await
+            .map_err(|e| AttachError::Failed(format!("keeper line task: {e}")))?
+    }
+
+    async fn attach_here(path: PathBuf, persist: Duration) -> Result<Arc<Keeper>, AttachError> {
         let mut stream = match UnixStream::connect(&path).await {
             Ok(s) => s,
             Err(e)
@@ -302,9 +319,8 @@ impl Keeper {
         let (reader, writer) = stream.into_split();
         let (out, frames) = mpsc::unbounded_channel();
         let pending: Arc<Mutex<Pending>> = Arc::default();
-        let rt = runtime();
-        rt.spawn(write_frames(writer, frames));
-        rt.spawn(read_tells(reader, pending.clone()));
+        tokio::spawn(write_frames(writer, frames));
+        tokio::spawn(read_tells(reader, pending.clone()));
         Ok(Arc::new(Keeper {
             out,
             pending,
