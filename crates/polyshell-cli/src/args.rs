@@ -56,7 +56,7 @@ pub(crate) struct Cli {
     /// Keep the run's SSH connections open for DURATION of idleness (`10m`, `1h`), in a
     /// per-user keeper process: the next invocation on the same sites skips every handshake.
     /// Also POLYSHELL_PERSIST, or `persist` in the Polyfile's `[settings]`; `0` keeps nothing.
-    #[arg(long, global = true, help_heading = "Global options", value_name = "DURATION", value_parser = crate::values::duration)]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "DURATION", value_parser = crate::values::duration_or_zero)]
     pub(crate) persist: Option<Duration>,
     /// How output is shown.
     #[arg(

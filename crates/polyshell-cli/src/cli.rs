@@ -255,7 +255,7 @@ fn shell_settings(cli: &Cli) -> ShellSettings {
 fn persist(cli: &Cli, polyfile: Option<Duration>) -> Result<Option<Duration>, CliError> {
     let from_env = match std::env::var("POLYSHELL_PERSIST") {
         Ok(text) if !text.trim().is_empty() => Some(
-            crate::values::duration(&text)
+            crate::values::duration_or_zero(&text)
                 .map_err(|e| CliError::usage(format!("POLYSHELL_PERSIST: {e}")))?,
         ),
         _ => None,

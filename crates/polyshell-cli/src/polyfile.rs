@@ -132,7 +132,7 @@ fn settings(c: &mut Checker, root: &Table) -> Option<std::time::Duration> {
         match key {
             "persist" => {
                 let parsed = match (item.as_str(), item.as_integer()) {
-                    (Some(text), _) => crate::values::duration(text),
+                    (Some(text), _) => crate::values::duration_or_zero(text),
                     (None, Some(n)) if n >= 0 => Ok(std::time::Duration::from_secs(n as u64)),
                     _ => Err("must be a duration (\"10m\", \"1h\") or whole seconds".into()),
                 };

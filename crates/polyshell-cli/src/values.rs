@@ -48,6 +48,16 @@ pub fn duration(text: &str) -> Result<Duration, String> {
     duration_from_seconds(seconds).map_err(|_| format!("`{text}`: at most a year"))
 }
 
+/// A duration, or zero (`0`, `0s`, `0m`...) for "none": `--persist 0` keeps nothing.
+pub fn duration_or_zero(text: &str) -> Result<Duration, String> {
+    let digits = text.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if !digits.is_empty() && digits.chars().all(|c| c == '0' || c == '.') && digits != "." {
+        // Zero with a valid unit: the unit is checked as for any duration.
+        return duration(&text.trim().replacen(digits, "1", 1)).map(|_| Duration::ZERO);
+    }
+    duration(text)
+}
+
 /// A count of at least one.
 pub fn positive(text: &str) -> Result<usize, String> {
     match text.trim().parse::<usize>() {
@@ -60,6 +70,18 @@ pub fn positive(text: &str) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn zero_is_a_duration_only_where_it_means_none() {
+        assert_eq!(duration_or_zero("0"), Ok(Duration::ZERO));
+        assert_eq!(duration_or_zero("0m"), Ok(Duration::ZERO));
+        assert_eq!(duration_or_zero("0.0s"), Ok(Duration::ZERO));
+        assert_eq!(duration_or_zero("10m"), Ok(Duration::from_secs(600)));
+        assert!(duration_or_zero("0x").is_err());
+        assert!(duration_or_zero(".").is_err());
+        assert!(duration_or_zero("").is_err());
+        assert!(duration("0").is_err());
+    }
 
     #[test]
     fn durations_take_seconds_or_units_and_reject_the_absurd() {

@@ -517,3 +517,55 @@ fn a_key_that_needs_its_passphrase_typed_is_asked_here_and_its_sites_are_not_kep
     let listing = text(&world.polyshell(&["connections"]).stdout);
     assert!(listing.starts_with("no connections are kept"), "{listing}");
 }
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn persist_comes_from_the_environment_and_the_polyfile_and_zero_keeps_nothing() {
+    let fleet = Fleet::load();
+    let world = World::new(&fleet, "127.79.1.6");
+    let kept = || {
+        let listing = text(&world.polyshell(&["connections"]).stdout);
+        listing.lines().filter(|l| l.starts_with("own")).count()
+    };
+    // POLYSHELL_PERSIST
+    let out = world
+        .command()
+        .env("POLYSHELL_PERSIST", "2m")
+        .args(["-H", "own[1-2]", "run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_ok(&out, 2);
+    assert_eq!(kept(), 2);
+    assert!(text(&world.polyshell(&["connections"]).stdout).contains("2m00s"));
+    // A Polyfile's [settings]; the command line's 0 wins over it and keeps nothing new.
+    std::fs::write(
+        world.dir.path().join("Polyfile.toml"),
+        "[settings]\npersist = \"3m\"\n[sites.own3]\nhost = \"own3\"\n[sites.own4]\nhost = \"own4\"\n",
+    )
+    .unwrap();
+    assert_ok(
+        &world.polyshell(&["--persist", "0", "run", "--on", "own4", "--", "true"]),
+        1,
+    );
+    assert_eq!(kept(), 2, "--persist 0 kept a connection");
+    assert_ok(&world.polyshell(&["run", "--on", "own3", "--", "true"]), 1);
+    assert_eq!(kept(), 3);
+    assert!(text(&world.polyshell(&["connections"]).stdout).contains("3m00s"));
+    // A bad value is a usage error naming where it came from.
+    let bad = world
+        .command()
+        .env("POLYSHELL_PERSIST", "soon")
+        .args(["-H", "own1", "run", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("POLYSHELL_PERSIST"),
+        "{}",
+        text(&bad.stderr)
+    );
+    assert_eq!(
+        world.polyshell(&["connections", "close"]).status.code(),
+        Some(0)
+    );
+}

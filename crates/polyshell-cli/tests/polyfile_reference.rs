@@ -110,6 +110,8 @@ fn polyfiles_of_the_wrong_shape_fail_both_the_schema_and_check() {
         ("chain options outside the entries", "[[jobs.a]]\nroles = [\"local\"]\nrun = \"true\"\n[schedules.s]\nmode = \"atomic\"\nchain = [{ jobs = [\"a\"] }]\n"),
         ("a lock without a limit", "[locks.l]\nper = \"dc\"\n"),
         ("a port out of range", "[sites.b]\nhost = \"b\"\nport = 70000\n"),
+        ("an unknown setting", "[settings]\nretries = 3\n"),
+        ("a persist that is no duration", "[settings]\npersist = \"soon\"\n"),
         ("an invalid variable name", "[[jobs.a]]\nroles = [\"local\"]\nrun = \"true\"\nenv = { \"1X\" = \"y\" }\n"),
     ] {
         let toml = format!("{site}{body}");
