@@ -15,6 +15,29 @@ pub struct Options {
     pub runs: usize,
     pub peers: bool,
     pub smoke: bool,
+    /// Round trip added to every site by the fleet's delay proxy.
+    pub rtt_ms: u64,
+    /// Only these scenarios (of [`SCENARIOS`]).
+    pub only: Option<Vec<String>>,
+}
+
+/// The scenarios, by the names `--only` takes.
+pub const SCENARIOS: &[&str] = &[
+    "fanout",
+    "batch",
+    "held",
+    "dead",
+    "transfer",
+    "persist",
+    "scheduler",
+];
+
+impl Options {
+    fn wants(&self, scenario: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|o| o == scenario))
+    }
 }
 
 /// One measured run of a command.
@@ -24,6 +47,8 @@ struct Sample {
     cpu: f64,
     rss_kib: u64,
     server_cpu: f64,
+    /// CPU seconds the whole machine was busy during the run (`/proc/stat`).
+    machine_cpu: f64,
     ok: bool,
 }
 
@@ -65,10 +90,32 @@ fn server_cpu(fleet: &Fleet) -> f64 {
     (listeners + orphans) as f64 / clock_ticks()
 }
 
+/// CPU seconds this machine has been busy since boot (user, nice, system, irq, softirq).
+fn machine_cpu() -> f64 {
+    let Ok(stat) = std::fs::read_to_string("/proc/stat") else {
+        return 0.0;
+    };
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0.0;
+    };
+    let ticks: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    [0usize, 1, 2, 5, 6]
+        .iter()
+        .filter_map(|&i| ticks.get(i))
+        .sum::<u64>() as f64
+        / clock_ticks()
+}
+
 /// Runs `tool` once, measuring wall time, its CPU (user+sys, children included), peak RSS,
 /// and the fleet's sshd CPU meanwhile.
 fn measure(tool: &Tool, fleet: &Fleet) -> Result<Sample> {
     let before = server_cpu(fleet);
+    let machine_before = machine_cpu();
     let started = Instant::now();
     let child = Command::new(&tool.argv[0])
         .args(&tool.argv[1..])
@@ -84,6 +131,7 @@ fn measure(tool: &Tool, fleet: &Fleet) -> Result<Sample> {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let wall = started.elapsed().as_secs_f64();
+    let machine = machine_cpu() - machine_before;
     std::mem::forget(child); // reaped by wait4 above
     if waited != pid {
         bail!("waiting for {} failed", tool.name);
@@ -96,6 +144,7 @@ fn measure(tool: &Tool, fleet: &Fleet) -> Result<Sample> {
         cpu: secs(usage.ru_utime) + secs(usage.ru_stime),
         rss_kib: usage.ru_maxrss as u64,
         server_cpu: server_cpu(fleet) - before,
+        machine_cpu: machine,
         ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
     })
 }
@@ -164,7 +213,7 @@ pub fn run(opts: Options) -> Result<()> {
         &dir,
         fleet::Options {
             sites: opts.sites,
-            rtt_ms: 0,
+            rtt_ms: opts.rtt_ms,
         },
     )?;
     let result = bench(&opts, &fleet, &polyshell, &transfer, &peers, &root);
@@ -313,8 +362,13 @@ fn bench(
             fanout_tools(fleet, polyshell, n, "echo hi", peers),
         ),
     ];
-    for (scenario, tools) in &scenarios {
-        rows.extend(interleaved(scenario, tools, opts.runs, fleet)?);
+    if opts.wants("fanout") {
+        for (scenario, tools) in &scenarios {
+            rows.extend(interleaved(scenario, tools, opts.runs, fleet)?);
+        }
+    }
+    if opts.wants("persist") {
+        rows.extend(kept_connections(opts, fleet, polyshell)?);
     }
 
     // A 4-job batch on up to 100 sites vs one job, and vs 4 invocations of a peer.
@@ -360,7 +414,9 @@ fn bench(
     let mut tools = batch_tools;
     tools.append(&mut peer_four);
     let scenario = format!("batch of 4 jobs, {batch_sites} sites");
-    rows.extend(interleaved(&scenario, &tools, opts.runs, fleet)?);
+    if opts.wants("batch") {
+        rows.extend(interleaved(&scenario, &tools, opts.runs, fleet)?);
+    }
 
     // Memory per connected site: every site holds its connection (and one channel) open for
     // two seconds; the peak RSS difference between n and 100 sites, per additional site.
@@ -373,12 +429,16 @@ fn bench(
             tool
         })
         .collect();
-    let held_rows = interleaved(
-        "connections held open (`sleep 2`)",
-        &held_tools,
-        opts.runs,
-        fleet,
-    )?;
+    let held_rows = if opts.wants("held") {
+        interleaved(
+            "connections held open (`sleep 2`)",
+            &held_tools,
+            opts.runs,
+            fleet,
+        )?
+    } else {
+        Vec::new()
+    };
     let per_site_kib = match held_rows.as_slice() {
         [few, many] => {
             let rss = |r: &Row| r.stat(|s| s.rss_kib as f64).0;
@@ -421,16 +481,18 @@ fn bench(
         ],
     );
     let mut dead_samples = Vec::new();
-    for _ in 0..opts.runs {
+    for _ in 0..if opts.wants("dead") { opts.runs } else { 0 } {
         let mut sample = measure(&dead_tool, fleet)?;
         sample.ok = !sample.ok; // the dead sites must fail the run (exit 1)
         dead_samples.push(sample);
     }
-    rows.push(Row {
-        scenario: format!("{live} live + 10 silent sites"),
-        tool: dead_tool.name.clone(),
-        samples: dead_samples,
-    });
+    if !dead_samples.is_empty() {
+        rows.push(Row {
+            scenario: format!("{live} live + 10 silent sites"),
+            tool: dead_tool.name.clone(),
+            samples: dead_samples,
+        });
+    }
     drop(dead_listeners);
 
     // File transfer (a stream on the site's connection): one file up and down, vs scp.
@@ -445,7 +507,7 @@ fn bench(
     }
     let f = file.display().to_string();
     let mut transfer_lines = Vec::new();
-    for _ in 0..opts.runs {
+    for _ in 0..if opts.wants("transfer") { opts.runs } else { 0 } {
         let out = Command::new(transfer)
             .args([&cfg, "site001", &f])
             .output()?;
@@ -477,7 +539,7 @@ fn bench(
     }
     let _ = std::fs::remove_file(&file);
 
-    let scheduler = if opts.smoke {
+    let scheduler = if opts.smoke || !opts.wants("scheduler") {
         None
     } else {
         scheduler_overhead(root)
@@ -491,6 +553,90 @@ fn bench(
         per_site_kib,
         root,
     )
+}
+
+/// `--persist`: the first run (starting the keeper, connecting every site) and the second
+/// (on the kept connections), `runs` rounds, the keeper closed before each round. The
+/// keeper's CPU during a run counts as the run's client CPU (it works for the client).
+fn kept_connections(opts: &Options, fleet: &Fleet, polyshell: &str) -> Result<Vec<Row>> {
+    let n = opts.sites;
+    let keeper_dir = fleet.dir.join("keeper");
+    let mut tool = fanout_tools(fleet, polyshell, n, "true", &[]).remove(0);
+    tool.argv
+        .splice(1..1, ["--persist".to_owned(), "10m".to_owned()]);
+    tool.env.push((
+        "POLYSHELL_KEEPER_DIR".into(),
+        keeper_dir.display().to_string(),
+    ));
+    let keeper_pid = || -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(keeper_dir.join("keeper.lock"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        std::path::Path::new(&format!("/proc/{pid}"))
+            .exists()
+            .then_some(pid)
+    };
+    let keeper_cpu = |pid: Option<u32>| -> f64 {
+        let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+        else {
+            return 0.0;
+        };
+        let rest: Vec<&str> = stat[stat.rfind(')').unwrap_or(0) + 2..]
+            .split(' ')
+            .collect();
+        (11..13)
+            .filter_map(|i| rest.get(i)?.parse::<u64>().ok())
+            .sum::<u64>() as f64
+            / clock_ticks()
+    };
+    let close = || -> Result<()> {
+        Command::new(polyshell)
+            .arg("connections")
+            .arg("close")
+            .env("POLYSHELL_KEEPER_DIR", &keeper_dir)
+            .stdout(Stdio::null())
+            .status()?;
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while keeper_pid().is_some() && Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok(())
+    };
+    // The kept connections' sshd processes live on after the run, so their CPU is not yet
+    // in their listeners' counts: the server side is the machine's busy time less the client's.
+    let server_side = |mut sample: Sample| {
+        sample.server_cpu = (sample.machine_cpu - sample.cpu).max(0.0);
+        sample
+    };
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        close()?;
+        let mut sample = measure(&tool, fleet)?;
+        // The keeper started during the run: all its CPU so far is this run's.
+        sample.cpu += keeper_cpu(keeper_pid());
+        first.push(server_side(sample));
+        let pid = keeper_pid();
+        let before = keeper_cpu(pid);
+        let mut sample = measure(&tool, fleet)?;
+        sample.cpu += keeper_cpu(pid) - before;
+        second.push(server_side(sample));
+    }
+    close()?;
+    let scenario = format!("{n} sites `true`, --persist");
+    Ok(vec![
+        Row {
+            scenario: scenario.clone(),
+            tool: "polyshell, first run (starts the keeper, connects)".into(),
+            samples: first,
+        },
+        Row {
+            scenario,
+            tool: "polyshell, second run (kept connections)".into(),
+            samples: second,
+        },
+    ])
 }
 
 /// Runs every tool once per round, `runs` rounds: no tool always goes first or last.
@@ -575,9 +721,16 @@ fn report(
         .unwrap_or_default();
     writeln!(
         md,
-        "Machine: {} cores ({cpu_model}), fleet of {} sshd sites on loopback, one KEX (curve25519-sha256). \
+        "Machine: {} cores ({cpu_model}), fleet of {} sshd sites on loopback{}, one KEX (curve25519-sha256). \
          {} interleaved run(s) each; median (min-max).\n",
-        cores, opts.sites, opts.runs
+        cores,
+        opts.sites,
+        if opts.rtt_ms > 0 {
+            format!(", {} ms of round trip added to each by the fleet's delay proxy", opts.rtt_ms)
+        } else {
+            String::new()
+        },
+        opts.runs
     )?;
     writeln!(md, "| scenario | tool | wall s | client CPU s | peak RSS MB | sshd CPU s | floor s | wall/floor | ok |")?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;

@@ -26,9 +26,11 @@ usage:
       behind a delay proxy adding MS milliseconds of round trip
   cargo xtask fleet down              stop exactly the processes `fleet up` started
   cargo xtask fleet status            show the fleet and check that every site answers
-  cargo xtask bench [--sites N] [--runs K] [--peers] [--smoke]
+  cargo xtask bench [--sites N] [--runs K] [--rtt MS] [--peers] [--smoke] [--only LIST]
       polyshell vs OpenSSH (and with --peers pssh, pdsh, clustershell, bssh) on a fleet of
-      N sites (default 100); tables in target/bench/
+      N sites (default 100), MS ms of round trip to each (default 0); tables in
+      target/bench/. LIST: scenarios to run, comma-separated, of fanout, batch, held, dead,
+      transfer, persist, scheduler (default all)
   cargo xtask fuzz [--seconds N]      run each fuzz target for N seconds (default 60)
   cargo xtask man [DIR]               man pages from the CLI's definitions (default target/man)
 ";
@@ -57,6 +59,8 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
                 runs: 3,
                 peers: false,
                 smoke: false,
+                rtt_ms: 0,
+                only: None,
             };
             let mut i = 0;
             while i < rest.len() {
@@ -66,6 +70,28 @@ fn run(args: Vec<String>) -> Result<ExitCode> {
                         opts.smoke = true;
                         opts.sites = 10;
                         opts.runs = 1;
+                    }
+                    "--rtt" if i + 1 < rest.len() => {
+                        opts.rtt_ms = rest[i + 1]
+                            .parse()
+                            .with_context(|| format!("--rtt {}", rest[i + 1]))?;
+                        i += 1;
+                    }
+                    "--only" if i + 1 < rest.len() => {
+                        let names: Vec<String> = rest[i + 1]
+                            .split(',')
+                            .map(|n| n.trim().to_owned())
+                            .collect();
+                        for name in &names {
+                            if !bench::SCENARIOS.contains(&name.as_str()) {
+                                bail!(
+                                    "bench: no scenario `{name}` (of: {})",
+                                    bench::SCENARIOS.join(", ")
+                                );
+                            }
+                        }
+                        opts.only = Some(names);
+                        i += 1;
                     }
                     "--sites" | "--runs" if i + 1 < rest.len() => {
                         let n: usize = rest[i + 1]

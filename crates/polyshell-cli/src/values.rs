@@ -50,7 +50,9 @@ pub fn duration(text: &str) -> Result<Duration, String> {
 
 /// A duration, or zero (`0`, `0s`, `0m`...) for "none": `--persist 0` keeps nothing.
 pub fn duration_or_zero(text: &str) -> Result<Duration, String> {
-    let digits = text.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let digits = text
+        .trim()
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic());
     if !digits.is_empty() && digits.chars().all(|c| c == '0' || c == '.') && digits != "." {
         // Zero with a valid unit: the unit is checked as for any duration.
         return duration(&text.trim().replacen(digits, "1", 1)).map(|_| Duration::ZERO);
