@@ -624,18 +624,51 @@ fn kept_connections(opts: &Options, fleet: &Fleet, polyshell: &str) -> Result<Ve
         second.push(server_side(sample));
     }
     close()?;
-    let scenario = format!("{n} sites `true`, --persist");
+
+    // What Ansible and pssh users do: OpenSSH's ControlMaster with ControlPersist.
+    let masters = fleet.dir.join("bench-cm");
+    std::fs::create_dir_all(&masters)?;
+    let cfg = fleet.ssh_config.display().to_string();
+    let hosts_file = fleet.dir.join("bench-hosts");
+    let openssh = Tool {
+        name: "openssh ControlPersist (xargs -P)".into(),
+        argv: sh(format!(
+            "xargs -P {n} -I{{}} ssh -F {cfg} -o ControlMaster=auto -o ControlPersist=10m \
+             -o ControlPath={}/%C {{}} true > /dev/null < {}",
+            masters.display(),
+            hosts_file.display()
+        )),
+        env: vec![],
+    };
+    let close_masters = || {
+        let _ = Command::new("pkill")
+            // A master renames itself `ssh: PATH [mux]`.
+            .args(["-f", &masters.display().to_string()])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    };
+    let (mut cm_first, mut cm_second) = (Vec::new(), Vec::new());
+    for _ in 0..opts.runs {
+        close_masters();
+        cm_first.push(server_side(measure(&openssh, fleet)?));
+        cm_second.push(server_side(measure(&openssh, fleet)?));
+    }
+    close_masters();
+
+    let scenario = format!("{n} sites `true`, kept connections");
+    let row = |tool: &str, samples| Row {
+        scenario: scenario.clone(),
+        tool: tool.into(),
+        samples,
+    };
     Ok(vec![
-        Row {
-            scenario: scenario.clone(),
-            tool: "polyshell, first run (starts the keeper, connects)".into(),
-            samples: first,
-        },
-        Row {
-            scenario,
-            tool: "polyshell, second run (kept connections)".into(),
-            samples: second,
-        },
+        row(
+            "polyshell --persist, first run (starts the keeper, connects)",
+            first,
+        ),
+        row("polyshell --persist, second run", second),
+        row("openssh ControlPersist (xargs -P), first run", cm_first),
+        row("openssh ControlPersist (xargs -P), second run", cm_second),
     ])
 }
 
