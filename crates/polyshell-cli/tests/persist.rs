@@ -130,7 +130,12 @@ fn assert_ok(out: &Output, sites: usize) {
 fn a_second_run_logs_in_nowhere_and_close_leaves_no_keeper() {
     let fleet = Fleet::load();
     let world = World::new(&fleet, "127.79.1.1");
-    let first = world.polyshell(&["--persist", "5m", "-H", "own[1-6]", "run", "--", "echo one"]);
+    let first = world
+        .command()
+        .env("POLYSHELL_SUDO_PASSWORD", "not-for-the-keeper-6ac1")
+        .args(["--persist", "5m", "-H", "own[1-6]", "run", "--", "echo one"])
+        .output()
+        .unwrap();
     assert_ok(&first, 6);
     assert!(
         text(&first.stdout).contains("own3 | one"),
@@ -143,6 +148,13 @@ fn a_second_run_logs_in_nowhere_and_close_leaves_no_keeper() {
         world.sshd().logins()
     );
     let keeper = world.keeper_pid().expect("the first run started a keeper");
+    // The keeper does not inherit its first client's secrets.
+    let environ = std::fs::read(format!("/proc/{keeper}/environ")).unwrap();
+    assert!(
+        !text(&environ).contains("not-for-the-keeper"),
+        "the sudo password variable reached the keeper"
+    );
+    assert!(text(&environ).contains("POLYSHELL_KEEPER_SERVE="));
 
     let second = world.polyshell(&["--persist", "5m", "-H", "own[1-6]", "run", "--", "echo two"]);
     assert_ok(&second, 6);

@@ -61,6 +61,18 @@ pub const SERVE_ENV: &str = "POLYSHELL_KEEPER_SERVE";
 pub const DIR_ENV: &str = "POLYSHELL_KEEPER_DIR";
 const SOCKET: &str = "keeper.sock";
 const LOCK: &str = "keeper.lock";
+/// The variables a keeper is started with (the rest of its client's environment is not
+/// passed): what resolving ssh_config and running needs.
+const KEEPER_ENV: &[&str] = &[
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "PATH",
+    "LANG",
+    "LC_ALL",
+    "TMPDIR",
+    "XDG_RUNTIME_DIR",
+];
 /// Input a client may have in flight to one channel before the keeper says it was written.
 const STDIN_CREDIT: usize = 1024 * 1024;
 /// How long a starting keeper is waited for.
@@ -216,6 +228,14 @@ impl Keeper {
             return Ok(keeper);
         }
         let mut start = std::process::Command::new(program);
+        // A small environment, named: nothing secret a client's environment may hold
+        // (a sudo password variable, tokens) goes with it into a long-lived process.
+        start.env_clear();
+        for name in KEEPER_ENV {
+            if let Some(value) = std::env::var_os(name) {
+                start.env(name, value);
+            }
+        }
         start
             .env(SERVE_ENV, &dir)
             .current_dir("/")
@@ -612,13 +632,21 @@ impl Transport for KeptTransport {
                     on_terminated: None,
                 },
             );
-        self.keeper.send(&Ask::Open {
+        if let Err(e) = self.keeper.send(&Ask::Open {
             conn,
             chan,
             script,
             pty: command.pty,
             bulk: command.bulk,
-        })?;
+        }) {
+            let mut pending = self
+                .keeper
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            pending.chans.remove(&chan);
+            return Err(e);
+        }
         Ok(Box::new(KeptProcess {
             keeper: self.keeper.clone(),
             chan,

@@ -32,7 +32,10 @@ const NO_PROMPT: &str = "the connection keeper asks for no passphrase";
 /// One kept connection.
 struct Kept {
     site: String,
+    /// `user@hostname:port`, and the bastions it goes through.
     host: String,
+    /// The host name alone, for `close` patterns.
+    hostname: String,
     transport: SshTransport,
     /// Counts passphrase requests: one means the site needs its client to connect itself.
     passphrases: Arc<KeyPassphrases>,
@@ -332,12 +335,10 @@ async fn send(outbox: &mpsc::Sender<Vec<u8>>, tell: &Tell) {
 fn close(table: &Table, patterns: &[String]) -> u64 {
     let mut count = 0;
     for kept in table.lock().values() {
-        let hostname = kept.host.rsplit('@').next().unwrap_or(&kept.host);
-        let hostname = hostname.split(':').next().unwrap_or(hostname);
         let matches = patterns.is_empty()
             || patterns
                 .iter()
-                .any(|p| wildcard(p, &kept.site) || wildcard(p, hostname));
+                .any(|p| wildcard(p, &kept.site) || wildcard(p, &kept.hostname));
         if matches {
             kept.closing.store(true, Ordering::Release);
             count += 1;
@@ -430,6 +431,7 @@ async fn connect(
             Arc::new(Kept {
                 site: target.alias.clone(),
                 host,
+                hostname: target.hostname.clone(),
                 transport: SshTransport::with_agent(opts, Some(agent)),
                 passphrases,
                 created: Instant::now(),
