@@ -29,6 +29,8 @@ pub struct Console {
 
 struct Inner {
     writer: Box<Writer>,
+    /// Waits until what `writer` was given has reached the terminal (a writer that queues).
+    drain: Option<Box<dyn Fn() + Send + Sync>>,
     limit: usize,
     state: Mutex<State>,
 }
@@ -56,6 +58,7 @@ impl Console {
         Console {
             inner: Arc::new(Inner {
                 writer: Box::new(writer),
+                drain: None,
                 limit,
                 state: Mutex::new(State::default()),
             }),
@@ -100,6 +103,25 @@ impl Console {
         }
         draw();
         true
+    }
+
+    /// The same console, `drain` waiting until everything its writer was given is on the
+    /// terminal: for a writer that queues (the CLI's goes through a thread that never
+    /// blocks the run), so that a prompt is written after what came before it, and nothing
+    /// queued before the prompt lands on top of it. Call before cloning the console.
+    pub fn with_drain(mut self, drain: impl Fn() + Send + Sync + 'static) -> Console {
+        // A console already shared keeps its writer as it is (documented: call it first).
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.drain = Some(Box::new(drain));
+        }
+        self
+    }
+
+    /// Waits until what was written has reached the terminal (see [`with_drain`](Self::with_drain)).
+    pub fn drain(&self) {
+        if let Some(drain) = &self.inner.drain {
+            drain();
+        }
     }
 
     /// Holds output until the returned guard is dropped.
@@ -155,6 +177,39 @@ mod tests {
         assert!(console.holding());
         drop(hold);
         assert_eq!(*written.lock().unwrap(), b"abc");
+    }
+
+    /// A writer that queues (as the CLI's does) delivers late: the prompter drains it after
+    /// the hold begins, so the progress line queued before the prompt cannot land after it.
+    #[test]
+    fn drain_waits_for_a_queuing_writer_before_a_prompt_is_drawn() {
+        let screen: Arc<Mutex<Vec<u8>>> = Arc::default();
+        let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let delivered = screen.clone();
+        let left = pending.clone();
+        std::thread::spawn(move || {
+            for bytes in rx {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                delivered.lock().unwrap().extend_from_slice(&bytes);
+                left.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let queued = pending.clone();
+        let console = Console::new(move |_, b| {
+            queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tx.send(b.to_vec()).unwrap();
+        })
+        .with_drain(move || {
+            while pending.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        console.write(ConsoleStream::Stderr, b"[progress 0.2s]");
+        let _hold = console.begin_prompt();
+        console.drain();
+        // The prompt would be written now: everything before it is already on the screen.
+        assert_eq!(*screen.lock().unwrap(), b"[progress 0.2s]");
     }
 
     #[test]

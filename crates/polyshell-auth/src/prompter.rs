@@ -221,7 +221,15 @@ impl Prompter for TerminalPrompter {
         let tty = crate::tty::Tty::open()
             .map_err(|e| PromptError::Unavailable(format!("no terminal to ask on: {e}")))?;
         let restore = tty.restorer();
-        let read = tokio::task::spawn_blocking(move || tty.read_secret(&text));
+        let console = self.console.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            // What was queued for the terminal before the hold (a progress line) goes out
+            // first: written after the prompt, it would erase it from the screen.
+            if let Some(console) = &console {
+                console.drain();
+            }
+            tty.read_secret(&text)
+        });
         tokio::select! {
             answer = read => match answer {
                 Ok(Ok(secret)) => Ok(secret),

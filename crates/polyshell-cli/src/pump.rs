@@ -103,6 +103,19 @@ impl Pump {
         }
     }
 
+    /// As [`drain`](Pump::drain), giving up after `limit` (a reader that stalls must not
+    /// keep a prompt off the screen for ever).
+    pub fn drain_within(&self, limit: Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut state = self.lock();
+        while !state.abandoned
+            && (!state.queue.is_empty() || state.writing)
+            && std::time::Instant::now() < deadline
+        {
+            state = self.wait(state);
+        }
+    }
+
     /// Waits a moment for the pump; after Ctrl-C, gives up on standard output.
     fn wait<'a>(&'a self, state: MutexGuard<'a, State>) -> MutexGuard<'a, State> {
         let (mut state, _) = self

@@ -72,6 +72,7 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
     let console = {
         let terminal = terminal.clone();
         Console::new(move |stream, bytes| terminal.write(stream, bytes))
+            .with_drain(|| crate::pump::Pump::get().drain_within(Duration::from_secs(2)))
     };
     *CONSOLE.lock().unwrap_or_else(|p| p.into_inner()) = Some(console.clone());
     let mut shells = CliShells::new(settings.shells.clone(), Some(console.clone()));
