@@ -34,7 +34,6 @@ pub(crate) async fn connect(
     let wake = Arc::new(Notify::new());
     let alive = Arc::new(AtomicBool::new(true));
     let next_id = Arc::new(AtomicU64::new(1));
-    let pid_marker = pid_marker();
     let driver = Driver {
         session,
         fd,
@@ -43,7 +42,7 @@ pub(crate) async fn connect(
         rx,
         wake: wake.clone(),
         alive: alive.clone(),
-        pid_marker: pid_marker.clone(),
+        pid_marker: pid_marker(),
         next_id: next_id.clone(),
     };
     tokio::spawn(driver.run());
@@ -52,7 +51,6 @@ pub(crate) async fn connect(
         wake,
         alive,
         next_id,
-        pid_marker,
         host: target.alias.as_str().into(),
     })
 }

@@ -50,7 +50,6 @@ pub(crate) struct Connection {
     pub(crate) wake: Arc<Notify>,
     pub(crate) alive: Arc<AtomicBool>,
     pub(crate) next_id: Arc<AtomicU64>,
-    pub(crate) pid_marker: Arc<str>,
     /// The site's name, for errors.
     pub(crate) host: Arc<str>,
 }
@@ -67,7 +66,6 @@ impl Connection {
             wake: self.wake.clone(),
             alive: self.alive.clone(),
             next_id: self.next_id.clone(),
-            pid_marker: self.pid_marker.clone(),
             host: self.host.clone(),
         }
     }
@@ -79,7 +77,6 @@ pub(crate) struct WeakConnection {
     wake: Arc<Notify>,
     alive: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
-    pid_marker: Arc<str>,
     host: Arc<str>,
 }
 
@@ -90,7 +87,6 @@ impl WeakConnection {
             wake: self.wake.clone(),
             alive: self.alive.clone(),
             next_id: self.next_id.clone(),
-            pid_marker: self.pid_marker.clone(),
             host: self.host.clone(),
         })
     }
