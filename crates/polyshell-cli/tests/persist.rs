@@ -334,22 +334,7 @@ fn timeout_ctrl_c_and_a_killed_client_end_the_remote_commands_of_kept_connection
         "a timed-out command survived on a kept connection"
     );
     // Ctrl-C (twice: stop, then cancel the running commands)
-    let mut child = world
-        .command()
-        .args([
-            "--persist",
-            "5m",
-            "-H",
-            "own[1-3]",
-            "run",
-            "--",
-            "sleep 60.73",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(20, || count_processes("[s]leep 60.73") >= 3));
+    let mut child = sleeping_on_three_sites(&world, "60.73");
     let pid = child.id() as i32;
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid, libc::SIGINT) };
@@ -369,22 +354,7 @@ fn timeout_ctrl_c_and_a_killed_client_end_the_remote_commands_of_kept_connection
         "remote commands survived Ctrl-C on kept connections"
     );
     // A client killed outright (SIGKILL: no clean-up of its own): the keeper ends its commands.
-    let mut child = world
-        .command()
-        .args([
-            "--persist",
-            "5m",
-            "-H",
-            "own[1-3]",
-            "run",
-            "--",
-            "sleep 60.74",
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_for(20, || count_processes("[s]leep 60.74") >= 3));
+    let mut child = sleeping_on_three_sites(&world, "60.74");
     child.kill().unwrap();
     child.wait().unwrap();
     assert!(
@@ -473,6 +443,24 @@ fn a_keeper_refuses_another_user_and_a_directory_open_to_others() {
     );
     keeper.kill().unwrap();
     keeper.wait().unwrap();
+}
+
+/// A `--persist` run of `sleep SECS` on own1..own3, once the three sleeps run.
+fn sleeping_on_three_sites(world: &World, secs: &str) -> std::process::Child {
+    let child = world
+        .command()
+        .args(["--persist", "5m", "-H", "own[1-3]", "run", "--"])
+        .arg(format!("sleep {secs}"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pattern = format!("[s]leep {secs}");
+    assert!(
+        wait_for(20, || count_processes(&pattern) >= 3),
+        "the three `sleep {secs}` did not start"
+    );
+    child
 }
 
 fn uid_of(user: &str) -> u32 {

@@ -49,6 +49,26 @@ pub trait StdinWriter: Send {
     async fn close(&mut self);
 }
 
+/// The piece of `data` a stdin writer sends next (at most 256 KiB: fewer wake-ups of the
+/// other side for a stream of input), once `credit` has room for it; a closed credit means
+/// the command takes no more input. The only await: cancelled there, nothing was taken.
+#[cfg(feature = "ssh")]
+pub(crate) async fn take_credit(
+    credit: &tokio::sync::Semaphore,
+    data: &[u8],
+) -> Result<usize, ErrorKind> {
+    let n = data.len().min(256 * 1024);
+    if n == 0 {
+        return Ok(0);
+    }
+    credit
+        .acquire_many(n as u32)
+        .await
+        .map_err(|_| ErrorKind::StdinClosed)?
+        .forget();
+    Ok(n)
+}
+
 /// Hooks into a running command's output, e.g. to answer sudo's prompt.
 #[async_trait]
 pub trait OutputHook: Send {

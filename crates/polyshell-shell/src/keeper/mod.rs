@@ -812,17 +812,10 @@ struct KeptStdin {
 #[async_trait]
 impl StdinWriter for KeptStdin {
     async fn write(&mut self, data: &[u8]) -> Result<usize, ErrorKind> {
-        let n = data.len().min(256 * 1024);
+        let n = crate::process::take_credit(&self.credit, data).await?;
         if n == 0 {
             return Ok(0);
         }
-        // The only await: cancelled here, nothing was taken or sent.
-        let permits = self
-            .credit
-            .acquire_many(n as u32)
-            .await
-            .map_err(|_| ErrorKind::StdinClosed)?;
-        permits.forget();
         self.keeper
             .send(&Ask::Stdin {
                 chan: self.chan,

@@ -395,18 +395,10 @@ struct SshStdin {
 #[async_trait]
 impl StdinWriter for SshStdin {
     async fn write(&mut self, data: &[u8]) -> Result<usize, ErrorKind> {
-        // Large requests: fewer wake-ups of the driver for a stream of input.
-        let n = data.len().min(256 * 1024);
+        let n = crate::process::take_credit(&self.credit, data).await?;
         if n == 0 {
             return Ok(0);
         }
-        // The only await: cancelled here, nothing was taken or sent.
-        let permits = self
-            .credit
-            .acquire_many(n as u32)
-            .await
-            .map_err(|_| ErrorKind::StdinClosed)?;
-        permits.forget();
         self.tx
             .send(Request::Stdin {
                 id: self.id,
