@@ -49,11 +49,15 @@ struct Sample {
     server_cpu: f64,
     /// CPU seconds the whole machine was busy during the run (`/proc/stat`).
     machine_cpu: f64,
+    /// Round trips through the fleet's delay proxy during the run (none at 0 ms).
+    round_trips: Option<u64>,
     ok: bool,
 }
 
 struct Tool {
     name: String,
+    /// Sites it reaches in a run (round trips are reported per site).
+    sites: usize,
     /// argv; run with `sh -c` when it is one string with shell syntax.
     argv: Vec<String>,
     env: Vec<(String, String)>,
@@ -114,6 +118,12 @@ fn machine_cpu() -> f64 {
 /// Runs `tool` once, measuring wall time, its CPU (user+sys, children included), peak RSS,
 /// and the fleet's sshd CPU meanwhile.
 fn measure(tool: &Tool, fleet: &Fleet) -> Result<Sample> {
+    let trips = || {
+        fleet
+            .proxy
+            .and_then(|pid| crate::proxy::round_trips(pid, &fleet.dir))
+    };
+    let trips_before = trips();
     let before = server_cpu(fleet);
     let machine_before = machine_cpu();
     let started = Instant::now();
@@ -145,6 +155,9 @@ fn measure(tool: &Tool, fleet: &Fleet) -> Result<Sample> {
         rss_kib: usage.ru_maxrss as u64,
         server_cpu: server_cpu(fleet) - before,
         machine_cpu: machine,
+        round_trips: trips()
+            .zip(trips_before)
+            .map(|(after, before)| after - before),
         ok: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
     })
 }
@@ -160,12 +173,24 @@ fn median(mut xs: Vec<f64>) -> (f64, f64, f64) {
 struct Row {
     scenario: String,
     tool: String,
+    /// Sites the tool reached in each run (for round trips per site).
+    sites: usize,
     samples: Vec<Sample>,
 }
 
 impl Row {
     fn stat(&self, f: impl Fn(&Sample) -> f64) -> (f64, f64, f64) {
         median(self.samples.iter().map(f).collect())
+    }
+    /// The median run's round trips through the delay proxy, per site (none at 0 ms).
+    fn round_trips_per_site(&self) -> Option<f64> {
+        let trips: Vec<f64> = self
+            .samples
+            .iter()
+            .filter_map(|s| s.round_trips)
+            .map(|t| t as f64 / self.sites.max(1) as f64)
+            .collect();
+        (!trips.is_empty()).then(|| median(trips).0)
     }
     fn all_ok(&self) -> bool {
         self.samples.iter().all(|s| s.ok)
@@ -268,7 +293,7 @@ fn which(bin: &str) -> Option<PathBuf> {
 }
 
 /// polyshell against the fleet, quietly: `polyshell --ssh-config CFG --output quiet ARGS...`.
-fn polyshell_tool(name: &str, polyshell: &str, fleet: &Fleet, args: &[&str]) -> Tool {
+fn polyshell_tool(name: &str, polyshell: &str, fleet: &Fleet, sites: usize, args: &[&str]) -> Tool {
     let mut argv: Vec<String> = [
         polyshell,
         "--ssh-config",
@@ -281,6 +306,7 @@ fn polyshell_tool(name: &str, polyshell: &str, fleet: &Fleet, args: &[&str]) -> 
     argv.extend(args.iter().map(|a| a.to_string()));
     Tool {
         name: name.into(),
+        sites,
         argv,
         // Runs are recorded, as an operator's are, in the fleet's directory (gone with it).
         env: vec![(
@@ -300,10 +326,12 @@ fn fanout_tools(fleet: &Fleet, polyshell: &str, n: usize, cmd: &str, peers: &[&s
         "polyshell",
         polyshell,
         fleet,
+        n,
         &["-H", &range, "run", "--", cmd],
     )];
     tools.push(Tool {
         name: "openssh (xargs -P)".into(),
+        sites: n,
         argv: sh(format!(
             "xargs -P {n} -I{{}} ssh -F {cfg} {{}} {cmd:?} > /dev/null < {}",
             hosts_file.display()
@@ -335,6 +363,7 @@ fn fanout_tools(fleet: &Fleet, polyshell: &str, n: usize, cmd: &str, peers: &[&s
         };
         tools.push(Tool {
             name: peer.to_string(),
+            sites: n,
             argv,
             env,
         });
@@ -390,12 +419,14 @@ fn bench(
             "polyshell, 1 job",
             polyshell,
             fleet,
+            batch_sites,
             &["-f", &pf, "schedule", "one"],
         ),
         polyshell_tool(
             "polyshell, 4 jobs site-sequential",
             polyshell,
             fleet,
+            batch_sites,
             &["-f", &pf, "schedule", "four"],
         ),
     ];
@@ -404,6 +435,7 @@ fn bench(
         .skip(1)
         .map(|t| Tool {
             name: format!("{}, 4 invocations", t.name),
+            sites: t.sites,
             argv: sh(format!(
                 "for i in 1 2 3 4; do {} || exit 1; done",
                 shell_join(&t.argv)
@@ -468,6 +500,7 @@ fn bench(
         "polyshell, --connect-timeout 5",
         polyshell,
         fleet,
+        live + 10,
         &[
             "--connect-timeout",
             "5",
@@ -490,6 +523,7 @@ fn bench(
         rows.push(Row {
             scenario: format!("{live} live + 10 silent sites"),
             tool: dead_tool.name.clone(),
+            sites: dead_tool.sites,
             samples: dead_samples,
         });
     }
@@ -632,6 +666,7 @@ fn kept_connections(opts: &Options, fleet: &Fleet, polyshell: &str) -> Result<Ve
     let hosts_file = fleet.dir.join("bench-hosts");
     let openssh = Tool {
         name: "openssh ControlPersist (xargs -P)".into(),
+        sites: n,
         argv: sh(format!(
             "xargs -P {n} -I{{}} ssh -F {cfg} -o ControlMaster=auto -o ControlPersist=10m \
              -o ControlPath={}/%C {{}} true > /dev/null < {}",
@@ -659,6 +694,7 @@ fn kept_connections(opts: &Options, fleet: &Fleet, polyshell: &str) -> Result<Ve
     let row = |tool: &str, samples| Row {
         scenario: scenario.clone(),
         tool: tool.into(),
+        sites: n,
         samples,
     };
     Ok(vec![
@@ -686,6 +722,7 @@ fn interleaved(scenario: &str, tools: &[Tool], runs: usize, fleet: &Fleet) -> Re
         .map(|(tool, samples)| Row {
             scenario: scenario.to_owned(),
             tool: tool.name.clone(),
+            sites: tool.sites,
             samples,
         })
         .collect())
@@ -765,8 +802,8 @@ fn report(
         },
         opts.runs
     )?;
-    writeln!(md, "| scenario | tool | wall s | client CPU s | peak RSS MB | sshd CPU s | floor s | wall/floor | ok |")?;
-    writeln!(md, "|---|---|---|---|---|---|---|---|---|")?;
+    writeln!(md, "| scenario | tool | wall s | client CPU s | peak RSS MB | sshd CPU s | floor s | wall/floor | round trips per site | ok |")?;
+    writeln!(md, "|---|---|---|---|---|---|---|---|---|---|")?;
     let mut json_rows = Vec::new();
     for r in rows {
         let (wall, wmin, wmax) = r.stat(|s| s.wall);
@@ -774,17 +811,20 @@ fn report(
         let (rss, _, _) = r.stat(|s| s.rss_kib as f64 / 1024.0);
         let (server, _, _) = r.stat(|s| s.server_cpu);
         let floor = (server + cpu) / cores;
+        let trips = r.round_trips_per_site();
         writeln!(
             md,
-            "| {} | {} | {wall:.2} ({wmin:.2}-{wmax:.2}) | {cpu:.2} | {rss:.1} | {server:.2} | {floor:.2} | {:.2} | {} |",
+            "| {} | {} | {wall:.2} ({wmin:.2}-{wmax:.2}) | {cpu:.2} | {rss:.1} | {server:.2} | {floor:.2} | {:.2} | {} | {} |",
             r.scenario,
             r.tool,
             wall / floor,
+            trips.map_or("-".into(), |t| format!("{t:.1}")),
             if r.all_ok() { "yes" } else { "NO" }
         )?;
         json_rows.push(serde_json::json!({
             "scenario": r.scenario, "tool": r.tool, "wall": wall, "wall_min": wmin, "wall_max": wmax,
-            "client_cpu": cpu, "peak_rss_mb": rss, "server_cpu": server, "floor": floor, "ok": r.all_ok(),
+            "client_cpu": cpu, "peak_rss_mb": rss, "server_cpu": server, "floor": floor,
+            "round_trips_per_site": trips, "ok": r.all_ok(),
         }));
     }
     if !transfers.is_empty() {
