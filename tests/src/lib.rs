@@ -240,16 +240,25 @@ pub struct OwnSshd {
 impl OwnSshd {
     /// Starts it on `addr` (a loopback address no fleet site uses, e.g. `127.79.0.1`).
     pub fn start(fleet: &Fleet, addr: &str) -> OwnSshd {
+        OwnSshd::start_with(fleet, addr, "")
+    }
+
+    /// Starts it with `settings` (sshd_config lines) in place of the fleet's for the same
+    /// keywords, e.g. `MaxSessions 1`.
+    pub fn start_with(fleet: &Fleet, addr: &str, settings: &str) -> OwnSshd {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let template =
             std::fs::read_to_string(&fleet.processes[0].config).expect("the fleet's sshd config");
+        let keyword = |l: &str| l.split_whitespace().next().unwrap_or("").to_lowercase();
+        let replaced: Vec<String> = settings.lines().map(keyword).collect();
         let config: String = template
             .lines()
             .filter(|l| !l.starts_with("ListenAddress") && !l.starts_with("PidFile"))
+            .filter(|l| !replaced.contains(&keyword(l)))
             .map(|l| format!("{l}\n"))
             .collect::<String>()
             + &format!(
-                "ListenAddress {addr}:2222\nPidFile {}\n",
+                "{settings}\nListenAddress {addr}:2222\nPidFile {}\n",
                 dir.path().join("pid").display()
             );
         let cfg = dir.path().join("sshd_config");

@@ -176,6 +176,44 @@ fn sshd_killed_while_a_command_runs_is_connection_lost() {
     });
 }
 
+/// Runs `commands` one after another on one connection (as a site-sequential schedule
+/// does), each within 20 s; their outputs.
+async fn one_after_another(shell: &Shell, commands: &[&str]) -> Vec<String> {
+    let mut outputs = Vec::new();
+    for command in commands {
+        let out = tokio::time::timeout(Duration::from_secs(20), shell.run(*command))
+            .await
+            .unwrap_or_else(|_| panic!("`{command}` hung"))
+            .unwrap_or_else(|e| panic!("`{command}`: {e}"));
+        outputs.push(String::from_utf8_lossy(&out.stdout).trim().to_owned());
+    }
+    outputs
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn commands_one_after_another_where_the_server_allows_one_session() {
+    // The connection opens the next command's channel ahead while one runs: a server with
+    // `MaxSessions 1` refuses that one, and every command must still run.
+    let fleet = Fleet::load();
+    let sshd = OwnSshd::start_with(&fleet, "127.79.0.3", "MaxSessions 1");
+    runtime().block_on(async {
+        let shell = own_shell(&sshd, &fleet, "127.79.0.3", 15);
+        let commands = ["echo 1", "echo 2", "sleep 0.3; echo 3", "echo 4", "echo 5"];
+        assert_eq!(
+            one_after_another(&shell, &commands).await,
+            ["1", "2", "3", "4", "5"]
+        );
+        // Two at once on one session allowed: the second is refused, named as such.
+        let (a, b) = tokio::join!(shell.run("sleep 1; echo a"), shell.run("sleep 1; echo b"));
+        let failed: Vec<String> = [a, b]
+            .into_iter()
+            .filter_map(|r| r.err().map(|e| e.to_string()))
+            .collect();
+        assert_eq!(failed.len(), 1, "{failed:?}");
+    });
+}
+
 #[test]
 #[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
 fn a_host_that_goes_silent_is_caught_by_keepalives() {

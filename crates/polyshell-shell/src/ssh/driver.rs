@@ -70,15 +70,53 @@ struct Op {
     /// Terminated before its pid line arrived: kill the group as soon as it does, unless
     /// the command ends first or the deadline passes.
     kill_pending: Option<Instant>,
+    /// Its channel was the connection's spare (which the server may have closed meanwhile).
+    from_spare: bool,
+    /// A spare channel found closed when this op took it: to be closed, the op reopened.
+    discard: Option<Channel>,
+    /// Session opens the server refused so far, and when to ask again.
+    refused: u32,
+    open_again: Option<Instant>,
 }
 
 /// How long a terminated command's pid line is waited for before the channel is just closed.
 const PID_WAIT: Duration = Duration::from_secs(10);
 
+/// A refused session channel is asked for again this many times, this much later each time:
+/// OpenSSH counts a closed session against `MaxSessions` until its next cleanup, so with a
+/// limit of 1 the next command's open can be refused though the last has ended.
+const OPEN_RETRIES: u32 = 3;
+const OPEN_RETRY_AFTER: Duration = Duration::from_millis(50);
+
+/// How long a spare channel is kept on a connection that runs nothing.
+const SPARE_IDLE: Duration = Duration::from_secs(2);
+
+/// The `opening` slot's holder while the spare channel opens (op ids count up from 0).
+const SPARE_ID: u64 = u64::MAX;
+
+/// A session channel opened ahead while one command runs, taken by the next command on the
+/// connection: it then starts one round trip sooner (no wait for its channel's open). Only
+/// on a connection that has finished a command already (one that runs a single command, as
+/// most of a fan-out's do, would never use it, and holding one costs memory on both ends);
+/// only while at most one command runs, so a connection holds at most two sessions for its
+/// commands' one (OpenSSH's MaxSessions is 10 by default); never on a connection that only
+/// forwards (a bastion's).
+enum Spare {
+    /// No command has finished on this connection yet.
+    NotYet,
+    None,
+    Opening,
+    /// Open, and since when the connection has run nothing (if it has not).
+    Ready(Channel, Option<Instant>),
+    /// The server refused one (a MaxSessions of 1): not tried again on this connection.
+    Off,
+}
+
 impl Driver {
     pub(crate) async fn run(mut self) {
         let mut ops: Vec<Op> = Vec::new();
         let mut opening: Option<u64> = None;
+        let mut spare = Spare::NotYet;
         let mut requests_open = true;
         let mut last_heard = Instant::now();
         let mut next_keepalive = self.keepalive.map(|k| tokio::time::Instant::now() + k);
@@ -91,7 +129,7 @@ impl Driver {
                     Err(mpsc::error::TryRecvError::Disconnected) => requests_open = false,
                 }
             }
-            let progress = match self.step_all(&mut ops, &mut opening) {
+            let progress = match self.step_all(&mut ops, &mut opening, &mut spare) {
                 Ok(p) => p,
                 Err(reason) => return self.die(ops, reason),
             };
@@ -111,11 +149,21 @@ impl Driver {
                 BlockDirections::Outbound | BlockDirections::Both
             );
             let keepalive_at = next_keepalive;
+            let spare_expires = match &spare {
+                Spare::Ready(_, Some(idle)) => Some(*idle + SPARE_IDLE),
+                _ => None,
+            };
+            let timer = ops
+                .iter()
+                .filter_map(|o| o.open_again)
+                .chain(spare_expires)
+                .min()
+                .map(tokio::time::Instant::from);
             tokio::select! {
                 ready = self.fd.readable() => match ready {
                     Ok(mut guard) => {
                         last_heard = Instant::now();
-                        match self.step_all(&mut ops, &mut opening) {
+                        match self.step_all(&mut ops, &mut opening, &mut spare) {
                             Ok(true) => {}
                             Ok(false) if ops.is_empty() => {
                                 // libssh2 reads only for a channel: an idle connection
@@ -132,7 +180,7 @@ impl Driver {
                     Err(err) => return self.die(ops, err.to_string()),
                 },
                 ready = self.fd.writable(), if want_write => match ready {
-                    Ok(mut guard) => match self.step_all(&mut ops, &mut opening) {
+                    Ok(mut guard) => match self.step_all(&mut ops, &mut opening, &mut spare) {
                         Ok(true) => {}
                         Ok(false) => guard.clear_ready(),
                         Err(reason) => return self.die(ops, reason),
@@ -144,6 +192,7 @@ impl Driver {
                     None => requests_open = false,
                 },
                 _ = self.wake.notified() => {}
+                _ = sleep_until(timer), if timer.is_some() => {}
                 _ = sleep_until(keepalive_at), if keepalive_at.is_some() => {
                     let interval = self.keepalive.unwrap_or(Duration::from_secs(15));
                     if last_heard.elapsed() > interval * 3 {
@@ -262,11 +311,114 @@ impl Driver {
         }
     }
 
-    fn step_all(&self, ops: &mut Vec<Op>, opening: &mut Option<u64>) -> Result<bool, String> {
+    /// An internal op that closes `ch` (a spare nobody will use).
+    fn closing_op(&self, ch: Channel) -> Op {
+        let (events, _) = mpsc::channel(1);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut op = Op::new(
+            id,
+            OpenKind::Exec {
+                script: String::new(),
+                pty: false,
+            },
+            events,
+            Arc::default(),
+            Arc::new(Semaphore::new(0)),
+            true,
+        );
+        op.state = State::Closing(ch);
+        op
+    }
+
+    /// Opens the spare channel, hands it to a command waiting for a channel, or closes it
+    /// after [`SPARE_IDLE`] of a connection running nothing.
+    fn step_spare(
+        &self,
+        ops: &mut Vec<Op>,
+        opening: &mut Option<u64>,
+        spare: &mut Spare,
+    ) -> Result<bool, String> {
+        let execs = ops
+            .iter()
+            .filter(|o| matches!(o.kind, OpenKind::Exec { .. }) && !matches!(o.state, State::Done))
+            .count();
+        if matches!(spare, Spare::None)
+            && opening.is_none()
+            && execs == 1
+            && ops.iter().any(|o| {
+                o.exec_sent
+                    && !o.internal
+                    && matches!(o.state, State::Starting(_) | State::Running(_))
+            })
+            && !ops.iter().any(|o| matches!(o.state, State::Opening))
+        {
+            *spare = Spare::Opening;
+            *opening = Some(SPARE_ID);
+        }
         let mut progress = false;
+        if matches!(spare, Spare::Opening) {
+            match self.session.channel_session() {
+                Ok(ch) => {
+                    *opening = None;
+                    *spare = Spare::Ready(ch, None);
+                    progress = true;
+                }
+                Err(e) if is_eagain(&e) => return Ok(false),
+                Err(e) if is_fatal(&e) => return Err(e.to_string()),
+                Err(e) => {
+                    tracing::debug!(host = %self.host, error = %e, "no spare channel on this connection");
+                    *opening = None;
+                    *spare = Spare::Off;
+                    return Ok(true);
+                }
+            }
+        }
+        let Spare::Ready(_, idle) = spare else {
+            return Ok(progress);
+        };
+        let busy = ops.iter().any(|o| !o.internal);
+        let waiting = ops.iter_mut().find(|o| {
+            matches!(o.state, State::Opening)
+                && matches!(o.kind, OpenKind::Exec { .. })
+                && !o.abandoned
+                && *opening != Some(o.id)
+        });
+        let expired = !busy && idle.is_some_and(|at| at.elapsed() >= SPARE_IDLE);
+        if waiting.is_none() && !expired {
+            *idle = if busy {
+                None
+            } else {
+                idle.or(Some(Instant::now()))
+            };
+            return Ok(progress);
+        }
+        let Spare::Ready(ch, _) = std::mem::replace(spare, Spare::None) else {
+            unreachable!("matched above");
+        };
+        match waiting {
+            // Closed by the server while it waited (a ChannelTimeout): not for a command.
+            Some(op) if !ch.eof() => {
+                op.state = State::Starting(ch);
+                op.from_spare = true;
+            }
+            _ => ops.push(self.closing_op(ch)),
+        }
+        Ok(true)
+    }
+
+    fn step_all(
+        &self,
+        ops: &mut Vec<Op>,
+        opening: &mut Option<u64>,
+        spare: &mut Spare,
+    ) -> Result<bool, String> {
+        let mut progress = self.step_spare(ops, opening, spare)?;
         let mut kills = Vec::new();
         for op in ops.iter_mut() {
             progress |= self.step(op, opening)?;
+            if let Some(ch) = op.discard.take() {
+                kills.push(self.closing_op(ch));
+            }
             if let Some(deadline) = op.kill_pending {
                 if let Some(pid) = op.pid {
                     op.kill_pending = None;
@@ -286,6 +438,9 @@ impl Driver {
         let before = ops.len();
         ops.retain_mut(|op| {
             if matches!(op.state, State::Done) && op.parked.is_none() {
+                if !op.internal && matches!(spare, Spare::NotYet) {
+                    *spare = Spare::None;
+                }
                 op.credit.close();
                 for done in op.on_done.drain(..) {
                     let _ = done.send(());
@@ -319,6 +474,11 @@ impl Driver {
                     op.state = State::Opening; // libssh2 opens one channel at a time
                     return Ok(false);
                 }
+                if op.open_again.is_some_and(|at| Instant::now() < at) {
+                    op.state = State::Opening;
+                    return Ok(false);
+                }
+                op.open_again = None;
                 let opened = match &op.kind {
                     OpenKind::Exec { .. } => self.session.channel_session(),
                     OpenKind::Forward { host, port } => {
@@ -349,6 +509,13 @@ impl Driver {
                         if is_fatal(&e) {
                             return Err(e.to_string());
                         }
+                        let session = matches!(op.kind, OpenKind::Exec { .. });
+                        if session && !op.abandoned && op.refused < OPEN_RETRIES {
+                            op.refused += 1;
+                            op.open_again = Some(Instant::now() + OPEN_RETRY_AFTER * op.refused);
+                            op.state = State::Opening;
+                            return Ok(true);
+                        }
                         op.finish(ProcEvent::Failed(self.channel_error(e.to_string())));
                         Ok(true)
                     }
@@ -362,11 +529,17 @@ impl Driver {
                 if *pty && !op.pty_ready {
                     match ch.request_pty("xterm", None, Some((200, 50, 0, 0))) {
                         Ok(()) => op.pty_ready = true,
-                        Err(e) if is_eagain(&e) => {
+                        Err(e) if is_eagain(&e) && !(op.from_spare && ch.eof()) => {
                             op.state = State::Starting(ch);
                             return Ok(false);
                         }
                         Err(e) if is_fatal(&e) => return Err(e.to_string()),
+                        Err(_) if op.from_spare => {
+                            op.from_spare = false;
+                            op.discard = Some(ch);
+                            op.state = State::Opening;
+                            return Ok(true);
+                        }
                         Err(e) => {
                             op.state = State::Closing(ch);
                             op.finish(ProcEvent::Failed(
@@ -380,6 +553,17 @@ impl Driver {
                 match ch.exec(script) {
                     Ok(()) => {
                         op.state = State::Running(ch);
+                        Ok(true)
+                    }
+                    // A spare the server closed before our request reached it: the command
+                    // never ran; it gets a channel of its own.
+                    Err(e) if op.from_spare && (!is_eagain(&e) || ch.eof()) && !is_fatal(&e) => {
+                        tracing::debug!(host = %self.host, "the spare channel was closed; opening another");
+                        op.from_spare = false;
+                        op.exec_sent = false;
+                        op.pty_ready = false;
+                        op.discard = Some(ch);
+                        op.state = State::Opening;
                         Ok(true)
                     }
                     Err(e) if is_eagain(&e) => {
@@ -494,6 +678,10 @@ impl Op {
             exec_sent: false,
             abandoned: false,
             kill_pending: None,
+            from_spare: false,
+            discard: None,
+            refused: 0,
+            open_again: None,
         }
     }
 
