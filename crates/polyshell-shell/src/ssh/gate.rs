@@ -3,13 +3,15 @@
 //! A handshake is a little CPU (key exchange, signatures) and several round trips of
 //! waiting. Where the machine's CPU is the limit (a fleet on loopback, or this machine busy),
 //! more handshakes at once only make each slower: the gate keeps its base, `cores × 16`.
-//! Where handshakes mostly wait on the network (the machine idle meanwhile), the gate grows
-//! by Little's law — enough in flight to keep the cores busy: `cores × wall ÷ cpu` of a
-//! handshake — up to what the file descriptor limit allows. It never shrinks within a run:
-//! a run's sites sit on one kind of network.
+//! Where handshakes mostly wait on the network (the machine idle meanwhile), the gate grows,
+//! up to what the file descriptor limit allows: while handshakes queue, it grows fourfold each
+//! 100 ms the machine spent a quarter idle (the first handshakes are still waiting then, so
+//! none has finished to learn from), and as handshakes finish, by Little's law — enough in
+//! flight to keep the cores busy: `cores × wall ÷ cpu` of a handshake. It never shrinks
+//! within a run: a run's sites sit on one kind of network.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{Semaphore, SemaphorePermit};
@@ -18,6 +20,11 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 const CAP: usize = 1024;
 /// The machine counts as idle enough to grow when this share of its CPU time is idle.
 const IDLE_TO_GROW: f64 = 0.4;
+/// How often the machine's idleness is looked at while handshakes queue, and the idle share
+/// (averaged over those looks) that lets the gate double. Lower than [`IDLE_TO_GROW`]: a
+/// machine that runs its sshd too (the fleet) idles less even when the network is the limit.
+const WATCH_EVERY: Duration = Duration::from_millis(100);
+const WATCH_IDLE_TO_GROW: f64 = 0.25;
 
 tokio::task_local! {
     /// CPU time this task spent inside libssh2 calls of the current handshake.
@@ -101,6 +108,9 @@ struct Stats {
 pub(crate) struct HandshakeGate {
     slots: Semaphore,
     granted: AtomicUsize,
+    /// Handshakes waiting for a slot, and whether a task watches the machine for them.
+    queued: AtomicUsize,
+    watching: AtomicBool,
     cores: usize,
     cap: usize,
     stats: Mutex<Stats>,
@@ -115,6 +125,8 @@ impl HandshakeGate {
         HandshakeGate {
             slots: Semaphore::new(base),
             granted: AtomicUsize::new(base),
+            queued: AtomicUsize::new(0),
+            watching: AtomicBool::new(false),
             cores,
             cap: CAP.min(fd_budget()).max(base),
             stats: Mutex::new(Stats {
@@ -131,8 +143,20 @@ impl HandshakeGate {
     }
 
     /// Runs `handshake` holding a slot, measuring it.
-    pub(crate) async fn run<T>(&self, handshake: impl std::future::Future<Output = T>) -> T {
-        let _slot: Option<SemaphorePermit> = self.slots.acquire().await.ok();
+    pub(crate) async fn run<T>(
+        &'static self,
+        handshake: impl std::future::Future<Output = T>,
+    ) -> T {
+        let _slot: Option<SemaphorePermit> = match self.slots.try_acquire() {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                self.queued.fetch_add(1, Ordering::AcqRel);
+                self.watch();
+                let slot = self.slots.acquire().await.ok();
+                self.queued.fetch_sub(1, Ordering::AcqRel);
+                slot
+            }
+        };
         let started = Instant::now();
         let (out, cpu) = CPU_SPENT
             .scope(Cell::new(Duration::ZERO), async {
@@ -142,6 +166,49 @@ impl HandshakeGate {
             .await;
         self.observe(started.elapsed(), cpu);
         out
+    }
+
+    /// While handshakes queue, one task looks at the machine every [`WATCH_EVERY`] and
+    /// grows the gate fourfold when it was mostly idle (a quarter of the time, averaged).
+    fn watch(&'static self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        runtime.spawn(async move {
+            // Averaged over a few ticks: handshakes use the CPU in bursts a round trip apart.
+            let mut last = IdleMeter::read();
+            let mut idle = 0.0;
+            loop {
+                tokio::time::sleep(WATCH_EVERY).await;
+                if self.queued.load(Ordering::Acquire) == 0 {
+                    self.watching.store(false, Ordering::Release);
+                    return;
+                }
+                let now = IdleMeter::read();
+                if let (Some((idle_then, total_then)), Some((idle_now, total_now))) = (last, now) {
+                    let total = total_now.saturating_sub(total_then).max(1);
+                    let share = idle_now.saturating_sub(idle_then) as f64 / total as f64;
+                    idle = (idle + share) / 2.0;
+                }
+                last = now;
+                if idle >= WATCH_IDLE_TO_GROW {
+                    let granted = self.granted.load(Ordering::Relaxed);
+                    self.grow_to(granted * 4, "the machine idles while handshakes queue");
+                }
+            }
+        });
+    }
+
+    fn grow_to(&self, target: usize, why: &'static str) {
+        let target = target.min(self.cap);
+        let granted = self.granted.fetch_max(target, Ordering::AcqRel);
+        if target > granted {
+            self.slots.add_permits(target - granted);
+            tracing::debug!(handshakes = target, why, "more handshakes at once");
+        }
     }
 
     fn observe(&self, wall: Duration, cpu: Duration) {
@@ -155,18 +222,8 @@ impl HandshakeGate {
             return;
         }
         let target = ((self.cores as f64) * stats.wall / stats.cpu).ceil() as usize;
-        let target = target.min(self.cap);
-        let granted = self.granted.load(Ordering::Relaxed);
-        if target > granted {
-            self.granted.store(target, Ordering::Relaxed);
-            self.slots.add_permits(target - granted);
-            tracing::debug!(
-                handshakes = target,
-                wall_ms = stats.wall * 1e3,
-                cpu_ms = stats.cpu * 1e3,
-                "handshakes wait on the network: more at once"
-            );
-        }
+        drop(stats);
+        self.grow_to(target, "handshakes wait on the network");
     }
 }
 
