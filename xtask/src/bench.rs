@@ -24,6 +24,7 @@ pub struct Options {
 /// The scenarios, by the names `--only` takes.
 pub const SCENARIOS: &[&str] = &[
     "fanout",
+    "bastion",
     "batch",
     "held",
     "dead",
@@ -316,9 +317,19 @@ fn polyshell_tool(name: &str, polyshell: &str, fleet: &Fleet, sites: usize, args
     }
 }
 
+/// The first `n` of the fleet's sites named `PREFIXnnn` as one pattern (past 999 the names
+/// grow a digit: site999, site1000).
+fn site_range(prefix: &str, n: usize) -> String {
+    if n <= 999 {
+        format!("{prefix}[001-{n:03}]")
+    } else {
+        format!("{prefix}[001-999],{prefix}[1000-{n}]")
+    }
+}
+
 fn fanout_tools(fleet: &Fleet, polyshell: &str, n: usize, cmd: &str, peers: &[&str]) -> Vec<Tool> {
     let cfg = fleet.ssh_config.display().to_string();
-    let range = format!("site[001-{n:03}]");
+    let range = site_range("site", n);
     let hosts: Vec<String> = fleet.sites.iter().take(n).map(|s| s.name.clone()).collect();
     let hosts_file = fleet.dir.join("bench-hosts");
     let _ = std::fs::write(&hosts_file, hosts.join("\n") + "\n");
@@ -395,6 +406,30 @@ fn bench(
         for (scenario, tools) in &scenarios {
             rows.extend(interleaved(scenario, tools, opts.runs, fleet)?);
         }
+    }
+    // 500 sites through one bastion with OpenSSH's stock limits (MaxStartups 10:30:100,
+    // MaxSessions 10) vs the same sites direct: one connection to the bastion carries them.
+    if opts.wants("bastion") {
+        let tool = |name: &str, prefix: &str| {
+            let range = site_range(prefix, n);
+            polyshell_tool(
+                name,
+                polyshell,
+                fleet,
+                n,
+                &["-H", &range, "run", "--", "true"],
+            )
+        };
+        let tools = [
+            tool("polyshell, direct", "site"),
+            tool("polyshell, through the stock-limits bastion", "jsite"),
+        ];
+        rows.extend(interleaved(
+            &format!("{n} sites `true`, bastion"),
+            &tools,
+            opts.runs,
+            fleet,
+        )?);
     }
     if opts.wants("persist") {
         rows.extend(kept_connections(opts, fleet, polyshell)?);

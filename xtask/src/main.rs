@@ -29,8 +29,8 @@ usage:
   cargo xtask bench [--sites N] [--runs K] [--rtt MS] [--peers] [--smoke] [--only LIST]
       polyshell vs OpenSSH (and with --peers pssh, pdsh, clustershell, bssh) on a fleet of
       N sites (default 100), MS ms of round trip to each (default 0); tables in
-      target/bench/. LIST: scenarios to run, comma-separated, of fanout, batch, held, dead,
-      transfer, persist, scheduler (default all)
+      target/bench/. LIST: scenarios to run, comma-separated, of fanout, bastion, batch,
+      held, dead, transfer, persist, scheduler (default all)
   cargo xtask fuzz [--seconds N]      run each fuzz target for N seconds (default 60)
   cargo xtask man [DIR]               man pages from the CLI's definitions (default target/man)
 ";
