@@ -1,6 +1,7 @@
 //! Sites behind a bastion with OpenSSH's stock limits (`MaxStartups 10:30:100`,
-//! `MaxSessions 10`): every site behind it shares one connection to it, so a run of
-//! hundreds of sites neither trips the bastion's limits nor logs in to it more than once.
+//! `MaxSessions 10`): the sites behind it share its connections (one, and a few more only
+//! where channel opens queue on it, never more than 8 handshakes to it at once), so a run of
+//! hundreds of sites neither trips the bastion's limits nor logs in to it per site.
 
 mod common;
 
@@ -59,9 +60,14 @@ async fn through_the_stock_bastion(n: usize) {
     let new = &after[before.len().min(after.len())..];
     let logins = count(new, "Accepted publickey for ");
     let forwarded = count(new, "server_request_direct_tcpip");
-    // At most one: a bastion connection still open from an earlier test in this process is
-    // reused, as it would be by a later schedule of the same run.
-    assert!(logins <= 1, "{logins} logins to the bastion for {n} sites");
+    // At most the pool's 32 (a bastion connection still open from an earlier test in this
+    // process is reused, as it would be by a later schedule of the same run).
+    assert!(
+        logins <= 32,
+        "{logins} logins to the bastion for {n} sites"
+    );
+    let dropped = count(new, "MaxStartups");
+    assert_eq!(dropped, 0, "the bastion throttled or dropped connections:\n{new}");
     assert_eq!(
         forwarded, n,
         "channels forwarded by the bastion for {n} sites"
@@ -71,12 +77,12 @@ async fn through_the_stock_bastion(n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
-async fn stock_limits_bastion_serves_200_sites_over_one_connection() {
+async fn stock_limits_bastion_serves_200_sites_within_its_limits() {
     through_the_stock_bastion(200).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
-async fn stock_limits_bastion_serves_500_sites_over_one_connection() {
+async fn stock_limits_bastion_serves_500_sites_within_its_limits() {
     through_the_stock_bastion(500).await;
 }

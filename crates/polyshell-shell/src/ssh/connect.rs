@@ -34,7 +34,9 @@ pub(crate) async fn connect(
     let wake = Arc::new(Notify::new());
     let alive = Arc::new(AtomicBool::new(true));
     let next_id = Arc::new(AtomicU64::new(1));
+    let opens = Arc::new(super::connection::OpenQueue::default());
     let driver = Driver {
+        opens: opens.clone(),
         session,
         fd,
         host: target.alias.clone(),
@@ -52,6 +54,7 @@ pub(crate) async fn connect(
         alive,
         next_id,
         host: target.alias.as_str().into(),
+        opens,
     })
 }
 

@@ -2,7 +2,7 @@
 //! ([`Connection`]) sending [`Request`]s, and the kinds of channel one can open.
 
 use crate::process::ProcEvent;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
 
@@ -42,6 +42,54 @@ pub(crate) enum Request {
     },
 }
 
+/// Channel opens asked of a connection and not yet answered, and how long one takes:
+/// libssh2 opens one channel at a time per connection, so a new one waits about
+/// `pending × round trip` (what decides whether a bastion gets another connection).
+#[derive(Default)]
+pub(crate) struct OpenQueue {
+    pending: AtomicUsize,
+    /// A moving average of one open's time, in microseconds.
+    open_us: AtomicU64,
+}
+
+impl OpenQueue {
+    pub(crate) fn asked(&self) {
+        self.pending.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn answered(&self) {
+        let _ = self
+            .pending
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub(crate) fn took(&self, open: std::time::Duration) {
+        let us = open.as_micros().min(u64::MAX as u128) as u64;
+        let _ = self
+            .open_us
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |avg| {
+                Some(if avg == 0 {
+                    us.max(1)
+                } else {
+                    (avg * 3 + us) / 4
+                })
+            });
+    }
+
+    /// One open's time as measured, if it was.
+    pub(crate) fn open_time(&self) -> Option<std::time::Duration> {
+        let us = self.open_us.load(Ordering::Acquire);
+        (us > 0).then(|| std::time::Duration::from_micros(us))
+    }
+
+    /// How long a channel asked for now would wait for its open, an open taking `guess`
+    /// until one was timed here.
+    pub(crate) fn expected_wait(&self, guess: std::time::Duration) -> std::time::Duration {
+        let pending = self.pending.load(Ordering::Acquire) as u32;
+        self.open_time().unwrap_or(guess) * pending
+    }
+}
+
 /// A handle to a connection's driver; clones share it. The driver ends when every handle is
 /// gone and no channel is open.
 #[derive(Clone)]
@@ -52,6 +100,7 @@ pub(crate) struct Connection {
     pub(crate) next_id: Arc<AtomicU64>,
     /// The site's name, for errors.
     pub(crate) host: Arc<str>,
+    pub(crate) opens: Arc<OpenQueue>,
 }
 
 impl Connection {
@@ -67,6 +116,7 @@ impl Connection {
             alive: self.alive.clone(),
             next_id: self.next_id.clone(),
             host: self.host.clone(),
+            opens: self.opens.clone(),
         }
     }
 }
@@ -78,6 +128,7 @@ pub(crate) struct WeakConnection {
     alive: Arc<AtomicBool>,
     next_id: Arc<AtomicU64>,
     host: Arc<str>,
+    opens: Arc<OpenQueue>,
 }
 
 impl WeakConnection {
@@ -88,6 +139,7 @@ impl WeakConnection {
             alive: self.alive.clone(),
             next_id: self.next_id.clone(),
             host: self.host.clone(),
+            opens: self.opens.clone(),
         })
     }
 }

@@ -3,7 +3,7 @@
 //! site run concurrently on one connection, and it is the only code that touches the
 //! session, so no call ever blocks a thread and no wake-up is lost between channels.
 
-use super::connection::{OpenKind, Request};
+use super::connection::{OpenKind, OpenQueue, Request};
 use super::nonblocking::{is_eagain, is_fatal, SocketFd};
 use crate::error::ErrorKind;
 use crate::output::{signal_number, ExitStatus, Stream};
@@ -32,6 +32,7 @@ pub(crate) struct Driver {
     pub(crate) alive: Arc<AtomicBool>,
     pub(crate) pid_marker: Arc<str>,
     pub(crate) next_id: Arc<AtomicU64>,
+    pub(crate) opens: Arc<OpenQueue>,
 }
 
 enum State {
@@ -77,6 +78,10 @@ struct Op {
     /// Session opens the server refused so far, and when to ask again.
     refused: u32,
     open_again: Option<Instant>,
+    /// Counted in the connection's [`OpenQueue`] until its channel is open (or failed).
+    queued: bool,
+    /// When libssh2 began its open (the round trip the queue's average learns from).
+    open_began: Option<Instant>,
 }
 
 /// How long a terminated command's pid line is waited for before the channel is just closed.
@@ -433,6 +438,12 @@ impl Driver {
                 }
             }
         }
+        for op in ops.iter_mut() {
+            if op.queued && !matches!(op.state, State::Opening) {
+                op.queued = false;
+                self.opens.answered();
+            }
+        }
         progress |= !kills.is_empty();
         ops.extend(kills);
         let before = ops.len();
@@ -479,6 +490,7 @@ impl Driver {
                     return Ok(false);
                 }
                 op.open_again = None;
+                let began = *op.open_began.get_or_insert_with(Instant::now);
                 let opened = match &op.kind {
                     OpenKind::Exec { .. } => self.session.channel_session(),
                     OpenKind::Forward { host, port } => {
@@ -493,6 +505,7 @@ impl Driver {
                     }
                     Ok(ch) => {
                         *opening = None;
+                        self.opens.took(began.elapsed());
                         op.state = match op.kind {
                             OpenKind::Exec { .. } => State::Starting(ch),
                             OpenKind::Forward { .. } => State::Running(ch),
@@ -512,10 +525,12 @@ impl Driver {
                         let session = matches!(op.kind, OpenKind::Exec { .. });
                         if session && !op.abandoned && op.refused < OPEN_RETRIES {
                             op.refused += 1;
+                            op.open_began = None;
                             op.open_again = Some(Instant::now() + OPEN_RETRY_AFTER * op.refused);
                             op.state = State::Opening;
                             return Ok(true);
                         }
+                        self.opens.took(began.elapsed());
                         op.finish(ProcEvent::Failed(self.channel_error(e.to_string())));
                         Ok(true)
                     }
@@ -682,6 +697,8 @@ impl Op {
             discard: None,
             refused: 0,
             open_again: None,
+            queued: !internal,
+            open_began: None,
         }
     }
 

@@ -81,36 +81,72 @@ async fn open(opts: SshOptions, agent: Option<AgentChoice>) -> Result<Connection
         target
     };
     let target = with_agent(target::resolve(&opts)?);
-    let mut via: Option<Connection> = None;
-    let mut chain = String::new();
-    for spec in &target.jumps {
-        let jump = with_agent(target::resolve(&target::jump_options(spec, &opts))?);
-        // Everything that makes two bastion connections different goes into the key.
-        chain.push_str(&format!("{jump:?}\n"));
-        via = Some(shared_bastion(&chain, &jump, via.as_ref()).await?);
-    }
-    connect_one(&target, via.as_ref()).await
+    let jumps = target
+        .jumps
+        .iter()
+        .map(|spec| {
+            Ok(with_agent(target::resolve(&target::jump_options(
+                spec, &opts,
+            ))?))
+        })
+        .collect::<Result<Vec<_>, ErrorKind>>()?;
+    // The bastion's connection is chosen once this site may start its handshake, when the
+    // queues of channel opens on the bastion's connections tell which is least busy.
+    gate::handshakes()
+        .run(async {
+            let mut via: Option<Connection> = None;
+            let mut chain = String::new();
+            for jump in &jumps {
+                // Everything that makes two bastion connections different goes into the key.
+                chain.push_str(&format!("{jump:?}\n"));
+                via = Some(shared_bastion(&chain, jump, via.as_ref()).await?);
+            }
+            connect::connect(&target, via.as_ref()).await
+        })
+        .await
 }
 
-/// A bastion's connection as the process-wide table keeps it: weakly while it works (the
-/// sites' forwarded channels keep it open, and it closes when the last one is done), or
-/// the reason it failed, so that 500 sites behind a dead bastion fail once, not 500 times.
+/// A bastion's connections as the process-wide table keeps them: weakly while they work
+/// (the sites' forwarded channels keep them open, and each closes when its last is done),
+/// or the reason the bastion failed, so that 500 sites behind a dead bastion fail once, not
+/// 500 times.
 enum BastionSlot {
     Empty,
-    Up(connection::WeakConnection),
+    Up {
+        pool: Vec<Pooled>,
+        /// Connections being added now, and how many the pool may hold.
+        growing: usize,
+        most: usize,
+    },
     Failed {
         reason: String,
         at: std::time::Instant,
     },
 }
 
+struct Pooled {
+    weak: connection::WeakConnection,
+    /// A connection added by [`grow`] holds itself open until a site takes it.
+    fresh: Option<Connection>,
+}
+
 /// How long a bastion's failure stands before the next site may try it again.
 const BASTION_RETRY: Duration = Duration::from_secs(30);
 
-/// The connection to the bastion reached by `chain`, opened at most once however many
-/// sites sit behind it (OpenSSH's stock `MaxStartups 10:30:100` drops connections well
-/// before 200 sites open their own). Sites open `direct-tcpip` channels over it, one at a
-/// time, as the connection's driver does for every channel.
+/// libssh2 opens one channel at a time per connection, a round trip each: where the sites'
+/// channel opens would wait longer than this on every connection to a bastion (a bastion
+/// across a real network), it gets another connection, up to [`BASTION_MOST`], at most
+/// [`BASTION_GROWING`] handshakes at once (OpenSSH's stock `MaxStartups 10:30:100` starts
+/// dropping at 10 unauthenticated connections).
+const BASTION_WAIT: Duration = Duration::from_secs(1);
+const BASTION_MOST: usize = 32;
+const BASTION_GROWING: usize = 8;
+
+/// A connection to the bastion reached by `chain`, opened once however many sites sit
+/// behind it (OpenSSH's stock `MaxStartups 10:30:100` drops connections well before 200
+/// sites open their own); more only where its channel opens queue past [`BASTION_WAIT`].
+/// Sites open `direct-tcpip` channels over it, one at a time, as the connection's driver
+/// does for every channel.
 async fn shared_bastion(
     chain: &str,
     jump: &target::Target,
@@ -119,21 +155,77 @@ async fn shared_bastion(
     type Table =
         std::sync::Mutex<std::collections::HashMap<String, Arc<tokio::sync::Mutex<BastionSlot>>>>;
     static BASTIONS: OnceLock<Table> = OnceLock::new();
-    let slot = BASTIONS
+    let shared = BASTIONS
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .entry(chain.to_owned())
         .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(BastionSlot::Empty)))
         .clone();
-    // Sites behind a bastion being connected wait here for that one connection.
-    let mut slot = slot.lock().await;
-    match &*slot {
-        BastionSlot::Up(weak) => {
-            if let Some(conn) = weak.upgrade().filter(Connection::is_alive) {
-                return Ok(conn);
+    let asked = std::time::Instant::now();
+    loop {
+        // Sites behind a bastion being connected wait here for that one connection.
+        let mut slot = shared.lock().await;
+        let BastionSlot::Up {
+            pool,
+            growing,
+            most,
+        } = &mut *slot
+        else {
+            return first_bastion(&mut slot, jump, via).await;
+        };
+        let mut live: Vec<(Connection, usize)> = Vec::new();
+        pool.retain_mut(|p| {
+            let conn = p.fresh.clone().or_else(|| p.weak.upgrade());
+            match conn.filter(Connection::is_alive) {
+                Some(conn) => {
+                    live.push((conn, live.len()));
+                    true
+                }
+                None => false,
             }
+        });
+        // One open's time on this bastion, as the pool's connections have timed it.
+        let open_time = live.iter().filter_map(|(c, _)| c.opens.open_time()).max();
+        let waited = asked.elapsed();
+        // Until one open has been timed, a queue's length says nothing: wait for that one
+        // (a round trip, once per run), then choose.
+        if open_time.is_none() && !live.is_empty() && waited < BASTION_WAIT {
+            drop(slot);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            continue;
         }
+        let guess = open_time.unwrap_or_default();
+        let Some((conn, at)) = live
+            .into_iter()
+            .min_by_key(|(c, _)| c.opens.expected_wait(guess))
+        else {
+            return first_bastion(&mut slot, jump, via).await;
+        };
+        let busy = conn.opens.expected_wait(guess) > BASTION_WAIT;
+        if busy && pool.len() + *growing < *most && *growing < BASTION_GROWING {
+            *growing += 1;
+            tokio::spawn(grow(shared.clone(), jump.clone(), via.cloned()));
+        }
+        // Every queue long and a connection coming: wait for it rather than join a queue.
+        if busy && *growing > 0 && waited < BASTION_WAIT * 10 {
+            drop(slot);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        pool[at].fresh = None;
+        return Ok(conn);
+    }
+}
+
+/// The first connection to a bastion (or the next after it failed or closed), made by the
+/// site holding the bastion's slot while the others wait.
+async fn first_bastion(
+    slot: &mut BastionSlot,
+    jump: &target::Target,
+    via: Option<&Connection>,
+) -> Result<Connection, ErrorKind> {
+    match &*slot {
         BastionSlot::Failed { reason, at } if at.elapsed() < BASTION_RETRY => {
             return Err(ErrorKind::Bastion {
                 bastion: jump.alias.clone(),
@@ -142,9 +234,17 @@ async fn shared_bastion(
         }
         _ => {}
     }
-    match connect_one(jump, via).await {
+    // Not through the handshake gate: this site holds a slot of it already.
+    match connect::connect(jump, via).await {
         Ok(conn) => {
-            *slot = BastionSlot::Up(conn.downgrade());
+            *slot = BastionSlot::Up {
+                pool: vec![Pooled {
+                    weak: conn.downgrade(),
+                    fresh: None,
+                }],
+                growing: 0,
+                most: BASTION_MOST,
+            };
             Ok(conn)
         }
         Err(kind) => {
@@ -161,11 +261,36 @@ async fn shared_bastion(
     }
 }
 
-async fn connect_one(
-    target: &target::Target,
-    via: Option<&Connection>,
-) -> Result<Connection, ErrorKind> {
-    gate::handshakes().run(connect::connect(target, via)).await
+/// Adds a connection to a bastion's pool (outside the handshake gate: the sites holding
+/// its slots wait for this). One that fails stops the pool growing for the run.
+async fn grow(
+    shared: Arc<tokio::sync::Mutex<BastionSlot>>,
+    jump: target::Target,
+    via: Option<Connection>,
+) {
+    let grown = connect::connect(&jump, via.as_ref()).await;
+    let mut slot = shared.lock().await;
+    if let BastionSlot::Up {
+        pool,
+        growing,
+        most,
+    } = &mut *slot
+    {
+        *growing -= 1;
+        match grown {
+            Ok(conn) => {
+                tracing::debug!(bastion = %jump.alias, connections = pool.len() + 1, "channel opens queue: another connection to the bastion");
+                pool.push(Pooled {
+                    weak: conn.downgrade(),
+                    fresh: Some(conn),
+                });
+            }
+            Err(e) => {
+                tracing::debug!(bastion = %jump.alias, error = %e, "no further connection to the bastion");
+                *most = pool.len();
+            }
+        }
+    }
 }
 
 /// The libssh2 transport of one site.
@@ -278,6 +403,7 @@ impl SshProcess {
         let (tx, rx) = mpsc::channel(queue);
         let full = Arc::new(AtomicBool::new(false));
         let credit = connect::new_credit();
+        conn.opens.asked();
         conn.tx
             .send(Request::Open {
                 id,
