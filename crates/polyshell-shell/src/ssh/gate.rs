@@ -4,11 +4,13 @@
 //! waiting. Where the machine's CPU is the limit (a fleet on loopback, or this machine busy),
 //! more handshakes at once only make each slower: the gate keeps its base, `cores × 16`.
 //! Where handshakes mostly wait on the network (the machine idle meanwhile), the gate grows,
-//! up to what the file descriptor limit allows: while handshakes queue, it grows fourfold each
-//! 100 ms the machine spent a quarter idle (the first handshakes are still waiting then, so
-//! none has finished to learn from), and as handshakes finish, by Little's law — enough in
-//! flight to keep the cores busy: `cores × wall ÷ cpu` of a handshake. It never shrinks
-//! within a run: a run's sites sit on one kind of network.
+//! up to what the file descriptor limit allows: while handshakes queue, it doubles each
+//! 100 ms the machine spent a quarter idle (averaged; the first 100 ms, the program's own
+//! start, decide nothing), no further than 4x its base before a handshake has finished
+//! (too many handshakes sharing a busy CPU would each outlast the connect timeout); and as
+//! handshakes finish, by Little's law — enough in flight to keep the cores busy:
+//! `cores × wall ÷ cpu` of a handshake. It never shrinks within a run: a run's sites sit on
+//! one kind of network.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -111,6 +113,7 @@ pub(crate) struct HandshakeGate {
     /// Handshakes waiting for a slot, and whether a task watches the machine for them.
     queued: AtomicUsize,
     watching: AtomicBool,
+    base: usize,
     cores: usize,
     cap: usize,
     stats: Mutex<Stats>,
@@ -127,6 +130,7 @@ impl HandshakeGate {
             granted: AtomicUsize::new(base),
             queued: AtomicUsize::new(0),
             watching: AtomicBool::new(false),
+            base,
             cores,
             cap: CAP.min(fd_budget()).max(base),
             stats: Mutex::new(Stats {
@@ -169,7 +173,7 @@ impl HandshakeGate {
     }
 
     /// While handshakes queue, one task looks at the machine every [`WATCH_EVERY`] and
-    /// grows the gate fourfold when it was mostly idle (a quarter of the time, averaged).
+    /// doubles the gate when it was a quarter idle (averaged over the looks).
     fn watch(&'static self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -181,12 +185,14 @@ impl HandshakeGate {
             // Averaged over a few ticks: handshakes use the CPU in bursts a round trip apart.
             let mut last = IdleMeter::read();
             let mut idle = 0.0;
+            let mut ticks = 0u32;
             loop {
                 tokio::time::sleep(WATCH_EVERY).await;
                 if self.queued.load(Ordering::Acquire) == 0 {
                     self.watching.store(false, Ordering::Release);
                     return;
                 }
+                ticks += 1;
                 let now = IdleMeter::read();
                 if let (Some((idle_then, total_then)), Some((idle_now, total_now))) = (last, now) {
                     let total = total_now.saturating_sub(total_then).max(1);
@@ -194,10 +200,25 @@ impl HandshakeGate {
                     idle = (idle + share) / 2.0;
                 }
                 last = now;
-                if idle >= WATCH_IDLE_TO_GROW {
-                    let granted = self.granted.load(Ordering::Relaxed);
-                    self.grow_to(granted * 4, "the machine idles while handshakes queue");
+                // The first look spans the program's own start (one core busy reading its
+                // configuration, the sshd side not yet at work): it decides nothing.
+                if ticks < 2 || idle < WATCH_IDLE_TO_GROW {
+                    continue;
                 }
+                // Until a handshake has finished, at most 4x the base: every handshake in
+                // flight shares the CPU, and too many at once on a busy machine would each
+                // outlast the connect timeout. Once some have, Little's law takes over.
+                let finished = {
+                    let stats = self.stats.lock().unwrap_or_else(|p| p.into_inner());
+                    stats.samples > 0
+                };
+                let granted = self.granted.load(Ordering::Relaxed);
+                let target = if finished {
+                    granted * 2
+                } else {
+                    (granted * 2).min(self.base * 4)
+                };
+                self.grow_to(target, "the machine idles while handshakes queue");
             }
         });
     }
