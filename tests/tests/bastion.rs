@@ -62,12 +62,12 @@ async fn through_the_stock_bastion(n: usize) {
     let forwarded = count(new, "server_request_direct_tcpip");
     // At most the pool's 32 (a bastion connection still open from an earlier test in this
     // process is reused, as it would be by a later schedule of the same run).
+    assert!(logins <= 32, "{logins} logins to the bastion for {n} sites");
+    let throttled: Vec<&str> = new.lines().filter(|l| l.contains("MaxStartups")).collect();
     assert!(
-        logins <= 32,
-        "{logins} logins to the bastion for {n} sites"
+        throttled.is_empty(),
+        "the bastion throttled or dropped connections: {throttled:?}"
     );
-    let dropped = count(new, "MaxStartups");
-    assert_eq!(dropped, 0, "the bastion throttled or dropped connections:\n{new}");
     assert_eq!(
         forwarded, n,
         "channels forwarded by the bastion for {n} sites"
