@@ -392,14 +392,27 @@ fn bench(
 ) -> Result<()> {
     let n = opts.sites;
     let mut rows: Vec<Row> = Vec::new();
+    // Each fan-out also as an operator runs it (no `--output quiet`): every site's line
+    // printed (to /dev/null, as every tool's is), as a harness of someone else's runs it.
+    let with_output = |mut tools: Vec<Tool>| {
+        let mut shown = polyshell_tool("polyshell, default output", polyshell, fleet, n, &[]);
+        shown.argv = tools[0]
+            .argv
+            .iter()
+            .filter(|a| *a != "--output" && *a != "quiet")
+            .cloned()
+            .collect();
+        tools.insert(1, shown);
+        tools
+    };
     let scenarios: Vec<(String, Vec<Tool>)> = vec![
         (
             format!("{n} sites `true`"),
-            fanout_tools(fleet, polyshell, n, "true", peers),
+            with_output(fanout_tools(fleet, polyshell, n, "true", peers)),
         ),
         (
             format!("{n} sites `echo hi`"),
-            fanout_tools(fleet, polyshell, n, "echo hi", peers),
+            with_output(fanout_tools(fleet, polyshell, n, "echo hi", peers)),
         ),
     ];
     if opts.wants("fanout") {
