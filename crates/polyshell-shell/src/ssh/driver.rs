@@ -398,7 +398,7 @@ impl Driver {
             return Ok(progress);
         }
         let Spare::Ready(ch, _) = std::mem::replace(spare, Spare::None) else {
-            unreachable!("matched above");
+            return Ok(progress); // matched as Ready above
         };
         match waiting {
             // Closed by the server while it waited (a ChannelTimeout): not for a command.
