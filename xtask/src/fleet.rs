@@ -411,7 +411,36 @@ fn start(
     std::fs::write(&fleet.known_hosts, known_hosts)?;
     std::fs::write(&fleet.ssh_config, ssh_config)?;
     write_fleet(dir, &fleet)?;
+    wait_settled(&fleet)?;
     Ok(fleet)
+}
+
+/// Waits until no sshd of the fleet has a child left: every readiness probe made an sshd
+/// fork and re-exec itself, and at 2,000 sites those children keep both cores busy for
+/// seconds after the last address answered. A run started then (a test, a benchmark, the
+/// first `polyshell run`) met a machine that was not the fleet's, and lost sites to the
+/// connect timeout.
+fn wait_settled(fleet: &Fleet) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let table = process_table();
+        let mut busy = Vec::new();
+        for process in &fleet.processes {
+            descendants(&table, process.pid, &mut busy);
+        }
+        if busy.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the fleet's sshd still have {} children 60 s after start-up (readiness \
+                 probes that do not end), e.g. pid {}",
+                busy.len(),
+                busy[0]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `lines` of known_hosts with their host names hashed, by `ssh-keygen -H` itself.
@@ -661,7 +690,12 @@ fn answers(site: &FleetSite) -> bool {
     let Ok(ip) = site.addr.parse() else {
         return false;
     };
-    [PORT, site.port].iter().all(|&port| {
+    let ports: &[u16] = if site.port == PORT {
+        &[PORT]
+    } else {
+        &[PORT, site.port]
+    };
+    ports.iter().all(|&port| {
         TcpStream::connect_timeout(&SocketAddr::new(ip, port), Duration::from_millis(200)).is_ok()
     })
 }
