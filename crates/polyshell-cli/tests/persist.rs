@@ -26,6 +26,11 @@ impl World {
     }
 
     fn with_key(fleet: &Fleet, addr: &'static str, key: &std::path::Path) -> World {
+        World::with(fleet, addr, key, "")
+    }
+
+    /// `settings`: sshd_config lines replacing the fleet's for the same keywords.
+    fn with(fleet: &Fleet, addr: &'static str, key: &std::path::Path, settings: &str) -> World {
         let dir = tempfile::tempdir().unwrap();
         let keeper = dir.path().join("keeper");
         std::fs::create_dir(&keeper).unwrap();
@@ -43,7 +48,7 @@ impl World {
         )
         .unwrap();
         World {
-            sshd: Some(OwnSshd::start(fleet, addr)),
+            sshd: Some(OwnSshd::start_with(fleet, addr, settings)),
             dir,
             addr,
         }
@@ -564,6 +569,128 @@ fn persist_comes_from_the_environment_and_the_polyfile_and_zero_keeps_nothing() 
         "{}",
         text(&bad.stderr)
     );
+    assert_eq!(
+        world.polyshell(&["connections", "close"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn plain_commands_share_one_resident_shell_and_the_others_get_sessions_of_their_own() {
+    let fleet = Fleet::load();
+    let world = World::new(&fleet, "127.79.1.7");
+    // sshd (LogLevel VERBOSE) logs each session channel's command.
+    let sessions = || {
+        std::fs::read_to_string(&world.sshd().log)
+            .unwrap_or_default()
+            .matches("Starting session: command")
+            .count()
+    };
+    let run = |args: &[&str]| {
+        let mut all = vec!["--persist", "5m", "-H", "own[1-2]"];
+        all.extend_from_slice(args);
+        world.polyshell(&all)
+    };
+    let first = run(&["run", "--", "echo $$"]);
+    assert_ok(&first, 2);
+    assert!(wait_for(5, || sessions() == 2), "sessions: {}", sessions());
+    // Plain commands (no input, nothing in the background): no new session, the same `$$`,
+    // and streams, exit codes, environment and directory as on a session of their own.
+    let again = run(&["run", "--", "echo $$"]);
+    assert_ok(&again, 2);
+    let lines = |out: &Output| {
+        let mut l: Vec<String> = text(&out.stdout).lines().map(str::to_owned).collect();
+        l.sort();
+        l
+    };
+    assert_eq!(lines(&first), lines(&again), "one shell per connection");
+    let out = run(&[
+        "run",
+        "--",
+        "cd /tmp && export X=1 && echo \"out $X $(pwd) $0 $#\"; echo err >&2; printf tail; exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("own1 | out 1 /tmp /bin/sh 0"), "{stdout}");
+    assert!(stdout.contains("own2 | tail"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("own1 ! err"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("exit code 3"),
+        "{}",
+        text(&out.stderr)
+    );
+    // What a command did to its shell ended with it.
+    let after = run(&["run", "--", "echo \"[$X]\" \"$(pwd)\""]);
+    assert_ok(&after, 2);
+    assert!(
+        !text(&after.stdout).contains("[1]") && !text(&after.stdout).contains("/tmp"),
+        "{}",
+        text(&after.stdout)
+    );
+    assert_eq!(sessions(), 2, "plain commands opened sessions");
+
+    // Something in the background: a session of its own, and its output stays its own.
+    let bg = run(&["run", "--", "(sleep 0.5; echo late) & echo now"]);
+    assert_ok(&bg, 2);
+    assert!(
+        text(&bg.stdout).contains("own1 | late"),
+        "{}",
+        text(&bg.stdout)
+    );
+    assert!(wait_for(5, || sessions() == 4), "sessions: {}", sessions());
+
+    // A cancelled plain command ends with its shell; the next plain command starts another.
+    let out = run(&["--timeout", "1", "run", "--", "sleep 31.17; echo never"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        wait_for(5, || count_processes("[s]leep 31.17") == 0),
+        "a timed-out command survived in the resident shell"
+    );
+    let next = run(&["run", "--", "echo $$"]);
+    assert_ok(&next, 2);
+    assert_ne!(
+        lines(&next),
+        lines(&first),
+        "the cancelled command's shell is gone"
+    );
+    // 4, and per site the kill's session and the new shell's.
+    assert!(wait_for(5, || sessions() == 8), "sessions: {}", sessions());
+    assert_eq!(world.sshd().logins(), 2, "one login per site throughout");
+    assert_eq!(
+        world.polyshell(&["connections", "close"]).status.code(),
+        Some(0)
+    );
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn a_server_allowing_one_session_runs_plain_and_other_commands_in_turn() {
+    let fleet = Fleet::load();
+    let world = World::with(&fleet, "127.79.1.8", &fleet.identity, "MaxSessions 1");
+    let run =
+        |script: &str| world.polyshell(&["--persist", "5m", "-H", "own1", "run", "--", script]);
+    // The resident shell holds the one session; a command needing its own closes it first.
+    for script in [
+        "echo plain",
+        "echo background & wait",
+        "echo plain again",
+        "echo bg & wait",
+    ] {
+        let out = run(script);
+        assert_ok(&out, 1);
+        let word = script.split(' ').nth(1).unwrap();
+        assert!(
+            text(&out.stdout).contains(word),
+            "{script}: {}",
+            text(&out.stdout)
+        );
+    }
+    assert_eq!(world.sshd().logins(), 1);
     assert_eq!(
         world.polyshell(&["connections", "close"]).status.code(),
         Some(0)

@@ -24,6 +24,9 @@ pub struct Command {
     pub(crate) pty: bool,
     /// A bulk data stream (a transfer): the transport may buffer more of its output.
     pub(crate) bulk: bool,
+    /// Set by [`Shell::run`](crate::Shell::run) for a command without input: its stdin is
+    /// closed at once and nothing is ever written to it.
+    pub(crate) input_closed: bool,
 }
 
 impl Command {
@@ -38,6 +41,7 @@ impl Command {
             capture_limit: DEFAULT_CAPTURE_LIMIT,
             pty: false,
             bulk: false,
+            input_closed: false,
         }
     }
 

@@ -323,6 +323,9 @@ impl Shell {
                 .await
                 .map_err(|k| self.error(k));
         }
+        let mut command = command;
+        // `drive` closes a command's input at once when it has none.
+        command.input_closed = command.stdin.is_none();
         let process = self
             .transport
             .spawn(&command)

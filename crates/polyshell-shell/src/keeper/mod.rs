@@ -34,6 +34,7 @@
 //! passphrase (a site whose key needs one typed is connected by its client directly, not
 //! kept) and holds no sudo password: input passes through it to the command, unstored.
 
+mod runner;
 mod server;
 mod wire;
 
@@ -632,12 +633,16 @@ impl Transport for KeptTransport {
                     on_terminated: None,
                 },
             );
+        let plain = (command.input_closed && !command.pty && !command.bulk)
+            .then(|| command.remote_script(None))
+            .filter(|script| runner::takes(script));
         if let Err(e) = self.keeper.send(&Ask::Open {
             conn,
             chan,
             script,
             pty: command.pty,
             bulk: command.bulk,
+            plain,
         }) {
             let mut pending = self
                 .keeper

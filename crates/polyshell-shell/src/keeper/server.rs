@@ -2,6 +2,7 @@
 //! commands on them. One per user; its socket's directory is the user's alone, and every
 //! client's uid is checked (`SO_PEERCRED`) before a word is read.
 
+use super::runner::{Runner, Step};
 use super::wire::{self, Ask, KeptInfo, Tell, WireOptions};
 use crate::error::ErrorKind;
 use crate::process::{ProcEvent, Process};
@@ -48,6 +49,8 @@ struct Kept {
     persist_ms: AtomicU64,
     /// `connections close` asked for it while in use: closed when released.
     closing: std::sync::atomic::AtomicBool,
+    /// The runner of its plain commands, once one ran; busy while it runs one.
+    runner: tokio::sync::Mutex<Option<Runner>>,
 }
 
 impl Kept {
@@ -256,6 +259,7 @@ async fn client(stream: UnixStream, table: &Arc<Table>) {
                 script,
                 pty,
                 bulk,
+                plain,
             } => {
                 let kept = conns
                     .lock()
@@ -273,7 +277,13 @@ async fn client(stream: UnixStream, table: &Arc<Table>) {
                 tokio::spawn(async move {
                     kept.channels.fetch_add(1, Ordering::AcqRel);
                     kept.touch();
-                    channel(&kept, chan, script, pty, bulk, rx, &outbox).await;
+                    let control = match plain {
+                        Some(plain) => on_runner(&kept, chan, &plain, rx, &outbox).await,
+                        None => Some((rx, false)),
+                    };
+                    if let Some(control) = control {
+                        channel(&kept, chan, script, pty, bulk, control, &outbox).await;
+                    }
                     kept.touch();
                     kept.channels.fetch_sub(1, Ordering::AcqRel);
                 });
@@ -440,6 +450,7 @@ async fn connect(
                 channels: AtomicUsize::new(0),
                 persist_ms: AtomicU64::new(persist_ms),
                 closing: Default::default(),
+                runner: Default::default(),
             })
         })
         .clone();
@@ -464,7 +475,7 @@ async fn channel(
     script: String,
     pty: bool,
     bulk: bool,
-    mut control: mpsc::UnboundedReceiver<Control>,
+    (mut control, eof): Controls,
     outbox: &mpsc::Sender<Vec<u8>>,
 ) {
     let mut process = match kept.transport.open_script(script.clone(), pty, bulk).await {
@@ -476,6 +487,11 @@ async fn channel(
     };
     let mut window = OUTPUT_WINDOW;
     let mut stdin: Option<mpsc::UnboundedSender<Option<Vec<u8>>>> = None;
+    if eof {
+        // The client closed the input while the runner had the command.
+        let tx = stdin.get_or_insert_with(|| stdin_task(&mut process, chan, outbox.clone()));
+        let _ = tx.send(None);
+    }
     let mut fresh = true; // nothing written to it yet: may be started again
     loop {
         tokio::select! {
@@ -486,6 +502,27 @@ async fn channel(
                         // a new connection (the transport reconnects a dead one).
                         fresh = false;
                         tracing::debug!(site = %kept.site, "keeper: a kept connection was stale; reconnecting");
+                        match kept.transport.open_script(script.clone(), pty, bulk).await {
+                            Ok(p) => {
+                                process = p;
+                                continue;
+                            }
+                            Err(kind) => {
+                                send(outbox, &wire::tell_event(chan, &ProcEvent::Failed(kind))).await;
+                                return;
+                            }
+                        }
+                    }
+                }
+                if let ProcEvent::Failed(ErrorKind::Channel { .. }) = &event {
+                    // Refused (a server's MaxSessions): the idle runner may hold the session.
+                    let runner = match fresh {
+                        true => kept.runner.try_lock().ok().and_then(|mut slot| slot.take()),
+                        false => None,
+                    };
+                    if let Some(runner) = runner {
+                        fresh = false;
+                        runner.close().await;
                         match kept.transport.open_script(script.clone(), pty, bulk).await {
                             Ok(p) => {
                                 process = p;
@@ -529,6 +566,102 @@ async fn channel(
                     return;
                 }
             }
+        }
+    }
+}
+
+/// A channel's control messages, and whether its input was closed already.
+type Controls = (mpsc::UnboundedReceiver<Control>, bool);
+
+/// How a command on the runner ended.
+enum RunnerEnd {
+    /// Finished, or terminated: the runner serves the next command (`true`) or is gone.
+    Done { keep: bool },
+    /// The runner was gone before the command started: it runs on a channel of its own.
+    NotStarted,
+}
+
+/// Runs a plain command on the connection's runner (started if there is none). `None` when
+/// the command ran there; otherwise the control and whether its input was closed meanwhile,
+/// for a channel of its own: the runner is busy, could not start, or was found gone (a
+/// dead connection: the channel reconnects).
+async fn on_runner(
+    kept: &Kept,
+    chan: u64,
+    script: &str,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    outbox: &mpsc::Sender<Vec<u8>>,
+) -> Option<Controls> {
+    let Ok(mut slot) = kept.runner.try_lock() else {
+        return Some((control, false));
+    };
+    if slot.is_none() {
+        match Runner::start(&kept.transport, &crate::ssh::pid_marker()).await {
+            Ok(runner) => *slot = Some(runner),
+            Err(e) => {
+                tracing::debug!(site = %kept.site, error = %e, "keeper: no runner");
+                return Some((control, false));
+            }
+        }
+    }
+    let runner = slot.as_mut()?;
+    if runner.send(script).await.is_err() {
+        *slot = None;
+        return Some((control, false));
+    }
+    let mut started = false;
+    let mut eof = false;
+    let mut window = OUTPUT_WINDOW;
+    let end = loop {
+        tokio::select! {
+            step = runner.next(), if window > 0 => match step {
+                Step::Started => started = true,
+                Step::Output(stream, data) => {
+                    window -= data.len() as i64;
+                    send(outbox, &wire::tell_event(chan, &ProcEvent::Output(stream, data))).await;
+                }
+                Step::Finished(status) => {
+                    send(outbox, &wire::tell_event(chan, &ProcEvent::Exit(status))).await;
+                    break RunnerEnd::Done { keep: true };
+                }
+                Step::Ended(_) if !started => break RunnerEnd::NotStarted,
+                Step::Ended(result) => {
+                    let event = match result {
+                        Ok(status) => ProcEvent::Exit(status),
+                        Err(kind) => ProcEvent::Failed(kind),
+                    };
+                    send(outbox, &wire::tell_event(chan, &event)).await;
+                    break RunnerEnd::Done { keep: false };
+                }
+            },
+            what = control.recv() => match what {
+                Some(Control::Stdin(_)) => {} // a plain command takes none
+                Some(Control::Eof) => eof = true,
+                Some(Control::Consumed(bytes)) => window += bytes as i64,
+                Some(Control::Terminate) => {
+                    runner.terminate().await;
+                    send(outbox, &Tell::Terminated { chan }).await;
+                    break RunnerEnd::Done { keep: false };
+                }
+                None => {
+                    // The client went away (killed, Ctrl-C): its command goes too.
+                    runner.terminate().await;
+                    break RunnerEnd::Done { keep: false };
+                }
+            }
+        }
+    };
+    match end {
+        RunnerEnd::Done { keep } => {
+            if !keep {
+                *slot = None;
+            }
+            None
+        }
+        RunnerEnd::NotStarted => {
+            tracing::debug!(site = %kept.site, "keeper: the runner was gone; a channel of its own");
+            *slot = None;
+            Some((control, eof))
         }
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// Bumped whenever a message changes: a keeper of another version is told to go away.
-pub(crate) const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 2;
 /// No frame is larger (output and input travel in pieces of at most 256 KiB).
 const MAX_FRAME: u32 = 16 * 1024 * 1024;
 
@@ -49,13 +49,17 @@ pub(crate) enum Ask {
     Release {
         conn: u64,
     },
-    /// Run `script` on connection `conn` as channel `chan`.
+    /// Run `script` on connection `conn` as channel `chan`. `plain`: the same command
+    /// without the login shell's line and the pid line, when it takes no input, has no
+    /// terminal and starts nothing in the background: the keeper may hand it to the
+    /// connection's runner instead (see `keeper/runner.rs`).
     Open {
         conn: u64,
         chan: u64,
         script: String,
         pty: bool,
         bulk: bool,
+        plain: Option<String>,
     },
     Stdin {
         chan: u64,

@@ -13,6 +13,9 @@ pub(crate) enum OpenKind {
     Exec {
         script: String,
         pty: bool,
+        /// A command that lives as long as the connection (the connection keeper's runner):
+        /// it is not a reason to open a spare channel, nor to keep one.
+        resident: bool,
     },
     Forward {
         host: String,

@@ -297,7 +297,11 @@ impl Driver {
         let kill_id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut kill = Op::new(
             kill_id,
-            OpenKind::Exec { script, pty: false },
+            OpenKind::Exec {
+                script,
+                pty: false,
+                resident: false,
+            },
             events,
             Arc::default(),
             Arc::new(Semaphore::new(0)),
@@ -325,6 +329,7 @@ impl Driver {
             OpenKind::Exec {
                 script: String::new(),
                 pty: false,
+                resident: false,
             },
             events,
             Arc::default(),
@@ -345,7 +350,15 @@ impl Driver {
     ) -> Result<bool, String> {
         let execs = ops
             .iter()
-            .filter(|o| matches!(o.kind, OpenKind::Exec { .. }) && !matches!(o.state, State::Done))
+            .filter(|o| {
+                matches!(
+                    o.kind,
+                    OpenKind::Exec {
+                        resident: false,
+                        ..
+                    }
+                ) && !matches!(o.state, State::Done)
+            })
             .count();
         if matches!(spare, Spare::None)
             && opening.is_none()
@@ -353,6 +366,13 @@ impl Driver {
             && ops.iter().any(|o| {
                 o.exec_sent
                     && !o.internal
+                    && matches!(
+                        o.kind,
+                        OpenKind::Exec {
+                            resident: false,
+                            ..
+                        }
+                    )
                     && matches!(o.state, State::Starting(_) | State::Running(_))
             })
             && !ops.iter().any(|o| matches!(o.state, State::Opening))
@@ -381,7 +401,9 @@ impl Driver {
         let Spare::Ready(_, idle) = spare else {
             return Ok(progress);
         };
-        let busy = ops.iter().any(|o| !o.internal);
+        let busy = ops
+            .iter()
+            .any(|o| !o.internal && !matches!(o.kind, OpenKind::Exec { resident: true, .. }));
         let waiting = ops.iter_mut().find(|o| {
             matches!(o.state, State::Opening)
                 && matches!(o.kind, OpenKind::Exec { .. })
@@ -537,7 +559,7 @@ impl Driver {
                 }
             }
             State::Starting(mut ch) => {
-                let OpenKind::Exec { script, pty } = &op.kind else {
+                let OpenKind::Exec { script, pty, .. } = &op.kind else {
                     op.state = State::Running(ch);
                     return Ok(true);
                 };

@@ -337,7 +337,30 @@ impl SshTransport {
     ) -> Result<SshProcess, ErrorKind> {
         let conn = self.connection().await?;
         let queue = if bulk { BULK_EVENT_QUEUE } else { EVENT_QUEUE };
-        SshProcess::open(&conn, OpenKind::Exec { script, pty }, queue)
+        SshProcess::open(
+            &conn,
+            OpenKind::Exec {
+                script,
+                pty,
+                resident: false,
+            },
+            queue,
+        )
+    }
+
+    /// Starts `script` as a command that lives as long as the connection (the keeper's
+    /// runner): it keeps no spare channel open.
+    pub(crate) async fn open_resident(&self, script: String) -> Result<SshProcess, ErrorKind> {
+        let conn = self.connection().await?;
+        SshProcess::open(
+            &conn,
+            OpenKind::Exec {
+                script,
+                pty: false,
+                resident: true,
+            },
+            EVENT_QUEUE,
+        )
     }
 
     /// The live connection, connecting (again) when there is none.
