@@ -665,6 +665,13 @@ fn plain_commands_share_one_resident_shell_and_the_others_get_sessions_of_their_
         world.polyshell(&["connections", "close"]).status.code(),
         Some(0)
     );
+    // Closed, the connections take their shells with them: only the listener is left.
+    assert!(
+        wait_for(5, || world.sshd().tree().len() == 1),
+        "processes left under the site's sshd: {:?}",
+        world.sshd().tree()
+    );
+    assert_eq!(sessions(), 8, "closing ran something on the sites");
 }
 
 #[test]

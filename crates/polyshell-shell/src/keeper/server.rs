@@ -102,6 +102,11 @@ impl Table {
             let drop = !busy && (expired || dead || k.closing.load(Ordering::Acquire));
             if drop {
                 tracing::debug!(site = %k.site, "keeper: closing a kept connection");
+                // An idle runner ends at the end of its input; dropped, it would be killed
+                // through a session of its own.
+                if let Some(runner) = k.runner.try_lock().ok().and_then(|mut r| r.take()) {
+                    tokio::spawn(runner.close());
+                }
             }
             !drop
         });
