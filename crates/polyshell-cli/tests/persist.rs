@@ -632,6 +632,12 @@ fn plain_commands_share_one_resident_shell_and_the_others_get_sessions_of_their_
         "{}",
         text(&after.stdout)
     );
+    // Output in many pieces passes whole, and the tags that end it never show.
+    let many = run(&["run", "--", "seq 200000"]);
+    assert_ok(&many, 2);
+    let stdout = text(&many.stdout);
+    assert_eq!(stdout.lines().count(), 400_000, "lines lost or added");
+    assert!(stdout.contains("own2 | 200000\n") && !stdout.contains("polyshell-run"));
     assert_eq!(sessions(), 2, "plain commands opened sessions");
 
     // Something in the background: a session of its own, and its output stays its own.

@@ -8,6 +8,13 @@
 //! it; to the rest of the program that shell is like any other (output, input, exit status,
 //! timeout and termination behave exactly as on a direct connection).
 //!
+//! [`Shell::run`](crate::Shell::run) of a command with no input, no terminal and nothing
+//! in its script that may outlive it (no lone `&`, `nohup`, `setsid`, `disown`) runs in a
+//! subshell of one resident `/bin/sh` per kept connection rather than a session of its own
+//! (a fork on the site instead of sshd's session, the login shell and `sh`). There `$$` is
+//! that shell, which a cancellation ends with the command, and a command killed by a signal
+//! reports exit code 128 + N, as `sh` does; everything else is as on its own session.
+//!
 //! The keeper is this same program started again with `POLYSHELL_KEEPER_SERVE` set: a
 //! program that keeps connections calls [`serve_if_asked`] first thing in `main` (the
 //! `polyshell` binary does).

@@ -208,11 +208,7 @@ impl Scanner {
         let mut out = Vec::new();
         self.held.extend_from_slice(data);
         loop {
-            let found = self
-                .held
-                .windows(self.tag.len())
-                .position(|w| w == self.tag.as_slice());
-            let Some(at) = found else {
+            let Some(at) = memchr::memmem::find(&self.held, &self.tag) else {
                 let keep = (1..self.tag.len().min(self.held.len() + 1))
                     .rev()
                     .find(|&k| self.held.ends_with(&self.tag[..k]))
