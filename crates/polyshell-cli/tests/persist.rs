@@ -256,6 +256,26 @@ fn a_connection_whose_sshd_restarted_is_replaced_and_the_run_stays_green() {
         &world.polyshell(&["--persist", "5m", "-H", "own[1-4]", "run", "--", "true"]),
         4,
     );
+    // Once more, with a command on a session of its own (`nohup`) that reads its input: if it
+    // is started again on a new connection, its input's end goes there too.
+    world.restart_sshd(&fleet);
+    let reads = world.polyshell(&[
+        "--persist",
+        "5m",
+        "--timeout",
+        "20",
+        "-H",
+        "own[1-4]",
+        "run",
+        "--",
+        "read x || echo input-ended; nohup true >/dev/null 2>&1",
+    ]);
+    assert_ok(&reads, 4);
+    assert!(
+        text(&reads.stdout).contains("own3 | input-ended"),
+        "{}",
+        text(&reads.stdout)
+    );
     assert_eq!(
         world.polyshell(&["connections", "close"]).status.code(),
         Some(0)

@@ -492,6 +492,7 @@ async fn channel(
     };
     let mut window = OUTPUT_WINDOW;
     let mut stdin: Option<mpsc::UnboundedSender<Option<Vec<u8>>>> = None;
+    let mut closed = eof; // the client closed the input
     if eof {
         // The client closed the input while the runner had the command.
         let tx = stdin.get_or_insert_with(|| stdin_task(&mut process, chan, outbox.clone()));
@@ -501,42 +502,42 @@ async fn channel(
     loop {
         tokio::select! {
             event = process.next(), if window > 0 => {
-                if let ProcEvent::Failed(ErrorKind::LostBeforeStart { .. }) = &event {
-                    if fresh {
+                let again = match &event {
+                    ProcEvent::Failed(ErrorKind::LostBeforeStart { .. }) if fresh => {
                         // The kept connection was dead: the command never ran. Once more on
                         // a new connection (the transport reconnects a dead one).
-                        fresh = false;
                         tracing::debug!(site = %kept.site, "keeper: a kept connection was stale; reconnecting");
-                        match kept.transport.open_script(script.clone(), pty, bulk).await {
-                            Ok(p) => {
-                                process = p;
-                                continue;
+                        true
+                    }
+                    ProcEvent::Failed(ErrorKind::Channel { .. }) if fresh => {
+                        // Refused (a server's MaxSessions): the idle runner may hold the
+                        // session; once it is closed, once more.
+                        match kept.runner.try_lock().ok().and_then(|mut slot| slot.take()) {
+                            Some(runner) => {
+                                runner.close().await;
+                                true
                             }
-                            Err(kind) => {
-                                send(outbox, &wire::tell_event(chan, &ProcEvent::Failed(kind))).await;
-                                return;
-                            }
+                            None => false,
                         }
                     }
-                }
-                if let ProcEvent::Failed(ErrorKind::Channel { .. }) = &event {
-                    // Refused (a server's MaxSessions): the idle runner may hold the session.
-                    let runner = match fresh {
-                        true => kept.runner.try_lock().ok().and_then(|mut slot| slot.take()),
-                        false => None,
-                    };
-                    if let Some(runner) = runner {
-                        fresh = false;
-                        runner.close().await;
-                        match kept.transport.open_script(script.clone(), pty, bulk).await {
-                            Ok(p) => {
-                                process = p;
-                                continue;
+                    _ => false,
+                };
+                if again {
+                    fresh = false;
+                    match kept.transport.open_script(script.clone(), pty, bulk).await {
+                        Ok(p) => {
+                            process = p;
+                            // The input's end, if the client sent it, goes to the new one.
+                            stdin = None;
+                            if closed {
+                                let tx = stdin.get_or_insert_with(|| stdin_task(&mut process, chan, outbox.clone()));
+                                let _ = tx.send(None);
                             }
-                            Err(kind) => {
-                                send(outbox, &wire::tell_event(chan, &ProcEvent::Failed(kind))).await;
-                                return;
-                            }
+                            continue;
+                        }
+                        Err(kind) => {
+                            send(outbox, &wire::tell_event(chan, &ProcEvent::Failed(kind))).await;
+                            return;
                         }
                     }
                 }
@@ -556,6 +557,7 @@ async fn channel(
                     let _ = tx.send(Some(data));
                 }
                 Some(Control::Eof) => {
+                    closed = true;
                     let tx = stdin.get_or_insert_with(|| stdin_task(&mut process, chan, outbox.clone()));
                     let _ = tx.send(None);
                 }
