@@ -1,5 +1,6 @@
 //! The transport conformance suite: one list of behaviours, each run against every transport
-//! (local, libssh2, the system OpenSSH client) and, for the SSH ones, every login shell of the
+//! (local, libssh2, libssh2 through the keeper, libssh2 with the resident shell, the system
+//! OpenSSH client) and, for the SSH ones, every login shell of the
 //! fleet (dash, bash, busybox sh, zsh, fish). A behaviour a transport cannot have is checked
 //! as the documented difference, never skipped.
 //!
@@ -26,6 +27,9 @@ enum Transport {
     Libssh2,
     /// libssh2 through the connection keeper (`--persist`).
     Kept,
+    /// libssh2 with plain commands in the connection's resident shell
+    /// (`SshOptions::resident_shell`).
+    Resident,
     OpenSsh,
 }
 
@@ -35,6 +39,7 @@ impl Transport {
             Transport::Local => "local",
             Transport::Libssh2 => "libssh2",
             Transport::Kept => "kept",
+            Transport::Resident => "resident",
             Transport::OpenSsh => "openssh",
         }
     }
@@ -68,10 +73,11 @@ impl Target {
         let fleet = &self.fleet;
         let shell = match (self.transport, self.site()) {
             (Transport::Local, _) => Shell::local(),
-            (Transport::Libssh2, Some(site)) => {
+            (Transport::Libssh2 | Transport::Resident, Some(site)) => {
                 let mut opts = SshOptions::new(&site.name);
                 opts.ssh_config = Some(fleet.ssh_config.clone());
                 opts.connect_timeout = Some(Duration::from_secs(20));
+                opts.resident_shell = self.transport == Transport::Resident;
                 Shell::with_ssh(opts)
             }
             (Transport::Kept, Some(site)) => {
@@ -514,7 +520,7 @@ async fn one_connection_for_commands_and_transfers(t: &Target) -> Check {
     let logins = t.logins() - before;
     match t.transport {
         Transport::Local => Ok("no connection".into()),
-        Transport::Libssh2 => {
+        Transport::Libssh2 | Transport::Resident => {
             ensure(logins == 1, || format!("{logins} logins for 4 operations"))?;
             Ok("1 login for 4 operations".into())
         }
@@ -590,7 +596,12 @@ fn targets(fleet: &Arc<Fleet>) -> Vec<Target> {
         site: None,
         fleet: fleet.clone(),
     }];
-    for transport in [Transport::Libssh2, Transport::Kept, Transport::OpenSsh] {
+    for transport in [
+        Transport::Libssh2,
+        Transport::Kept,
+        Transport::Resident,
+        Transport::OpenSsh,
+    ] {
         for site in &fleet.shells {
             all.push(Target {
                 transport,

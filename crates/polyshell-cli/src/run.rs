@@ -76,6 +76,12 @@ pub async fn execute(plan: Plan, settings: Settings) -> u8 {
     };
     *CONSOLE.lock().unwrap_or_else(|p| p.into_inner()) = Some(console.clone());
     let mut shells = CliShells::new(settings.shells.clone(), Some(console.clone()));
+    shells.resident = plan
+        .planned
+        .iter()
+        .filter(|(_, actions)| *actions > 1)
+        .map(|(site, _)| site.clone())
+        .collect();
     if let Some(persist) = settings.shells.persist {
         // Only sites reached with libssh2 are kept; a run of local sites starts no keeper.
         let over_ssh = plan.targets.iter().any(|name| {

@@ -37,6 +37,9 @@ pub struct CliShells {
     passphrases: Arc<KeyPassphrases>,
     /// The connection keeper (`--persist`), when connections are kept.
     pub keeper: Option<Arc<Keeper>>,
+    /// Sites that run more than one action: their plain commands share one resident shell
+    /// ([`SshOptions::resident_shell`]).
+    pub resident: std::collections::HashSet<String>,
 }
 
 impl CliShells {
@@ -61,6 +64,7 @@ impl CliShells {
             // Key passphrases as OpenSSH asks them, holding live output while asking.
             passphrases: KeyPassphrases::from_environment_with(console),
             keeper: None,
+            resident: Default::default(),
         }
     }
 
@@ -92,6 +96,7 @@ impl ShellFactory for CliShells {
                         site.connect_timeout()?.or(self.settings.connect_timeout);
                     opts.proxy_jump = site.proxy_jump()?.map(str::to_owned);
                     opts.passphrases = Some(self.passphrases.clone());
+                    opts.resident_shell = self.resident.contains(site.name());
                     match &self.keeper {
                         Some(keeper) => Shell::with_ssh_kept(opts, keeper),
                         None => Shell::with_ssh(opts),

@@ -1,6 +1,7 @@
 //! `--persist`: connections kept by a per-user keeper between invocations, against real
 //! sshd processes of the tests' own (their logs count logins; they can be killed and
-//! restarted). Each test has a keeper directory of its own, and leaves no keeper behind.
+//! restarted). Each test has a keeper directory of its own, and leaves no keeper behind. The
+//! last tests are the resident shell without a keeper: a site with several actions in a run.
 
 use polyshell_tests::{count_processes, wait_for, Fleet, OwnSshd};
 use std::io::Read;
@@ -728,4 +729,154 @@ fn a_server_allowing_one_session_runs_plain_and_other_commands_in_turn() {
         world.polyshell(&["connections", "close"]).status.code(),
         Some(0)
     );
+}
+
+// ---- without --persist: a site with more than one action -------------------------------
+
+/// A Polyfile for sites `own1` and `own2`, with one job per script, run in order as
+/// schedule `all`.
+fn polyfile(world: &World, scripts: &[&str]) -> String {
+    let mut text = String::from("[sites.\"own[1-2]\"]\nroles = [\"o\"]\nhost = \"{name}\"\n\n");
+    let mut names = Vec::new();
+    for (i, script) in scripts.iter().enumerate() {
+        let name = format!("j{i}");
+        text.push_str(&format!(
+            "[[jobs.{name}]]\nroles = [\"o\"]\nrun = {}\n",
+            toml_string(script)
+        ));
+        names.push(format!("\"{name}\""));
+    }
+    text.push_str(&format!(
+        "\n[schedules.all]\njobs = [{}]\n",
+        names.join(", ")
+    ));
+    let path = world.dir.path().join("Polyfile.toml");
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn a_site_with_several_actions_runs_its_plain_ones_in_one_resident_shell() {
+    let fleet = Fleet::load();
+    let world = World::new(&fleet, "127.79.1.9");
+    let sessions = || {
+        std::fs::read_to_string(&world.sshd().log)
+            .unwrap_or_default()
+            .matches("Starting session: command")
+            .count()
+    };
+    let file = polyfile(
+        &world,
+        &[
+            "echo \"a $$\"",
+            "cd /tmp && export X=1 && echo \"out $X $(pwd) $0 $#\"; echo err >&2; printf tail; exit 3",
+            "echo \"b [$X] $(pwd) $$\"",
+            "(sleep 0.3; echo late) & echo now",
+            "seq 50000",
+            "echo \"c $$\"",
+        ],
+    );
+    let out = world.polyshell(&["-f", &file, "schedule", "all"]);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    for site in ["own1", "own2"] {
+        let mine: Vec<&str> = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("{site} | ")))
+            .collect();
+        let pid = |tag: &str| {
+            let line = mine.iter().find(|l| l.starts_with(tag)).unwrap_or_else(|| {
+                panic!("{site}: no `{tag}` line in {stdout}");
+            });
+            line.rsplit(' ').next().unwrap().to_owned()
+        };
+        // One shell for the plain commands: the same `$$`; what one did to it ended with it.
+        assert_eq!(pid("a "), pid("c "), "{site}: {stdout}");
+        assert!(mine.contains(&"out 1 /tmp /bin/sh 0"), "{stdout}");
+        assert!(mine.contains(&"tail"), "{stdout}");
+        assert!(
+            mine.iter()
+                .any(|l| l.starts_with("b [] ") && !l.contains("/tmp")),
+            "{stdout}"
+        );
+        assert!(mine.contains(&"late") && mine.contains(&"now"), "{stdout}");
+        assert!(mine.contains(&"50000"), "{stdout}");
+        assert!(stderr.contains(&format!("{site} ! err")), "{stderr}");
+    }
+    assert_eq!(stdout.lines().count(), 2 * (50_000 + 7), "{stderr}");
+    assert!(!stdout.contains("polyshell-run") && !stderr.contains("polyshell-run"));
+    assert!(stderr.contains("exit code 3"), "{stderr}");
+    // Per site: the resident shell's session and the background job's.
+    assert!(wait_for(5, || sessions() == 4), "sessions: {}", sessions());
+    assert_eq!(world.sshd().logins(), 2, "one login per site");
+    // The run over, its shells are gone: only the listener is left.
+    assert!(
+        wait_for(5, || world.sshd().tree().len() == 1),
+        "processes left under the site's sshd: {:?}",
+        world.sshd().tree()
+    );
+
+    // One action per site: a session of its own, as without the resident shell.
+    let before = sessions();
+    let one = world.polyshell(&["-H", "own[1-2]", "run", "--", "echo $$"]);
+    assert_ok(&one, 2);
+    assert!(
+        wait_for(5, || sessions() == before + 2),
+        "sessions: {}",
+        sessions()
+    );
+
+    // A cancelled plain command ends with its shell, and leaves nothing running.
+    let file = polyfile(&world, &["echo \"a $$\"", "sleep 32.17; echo never"]);
+    let out = world.polyshell(&["--timeout", "1", "-f", &file, "schedule", "all"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        wait_for(5, || count_processes("[s]leep 32.17") == 0),
+        "a timed-out command survived in the resident shell"
+    );
+    assert!(
+        wait_for(5, || world.sshd().tree().len() == 1),
+        "processes left under the site's sshd: {:?}",
+        world.sshd().tree()
+    );
+}
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn a_server_allowing_one_session_runs_a_schedule_mixing_plain_background_and_sudo_commands() {
+    let fleet = Fleet::load();
+    let world = World::with(&fleet, "127.79.1.10", &fleet.identity, "MaxSessions 1");
+    let file = polyfile(
+        &world,
+        &[
+            "echo plain",
+            "echo background & wait",
+            "echo again",
+            "sudo id -u",
+            "echo last",
+        ],
+    );
+    let out = world
+        .command()
+        .env("POLYSHELL_SUDO_PASSWORD", &fleet.password)
+        .args(["-f", &file, "schedule", "all"])
+        .output()
+        .unwrap();
+    assert_ok(&out, 2);
+    let stdout = text(&out.stdout);
+    for site in ["own1", "own2"] {
+        for word in ["plain", "background", "again", "0", "last"] {
+            assert!(
+                stdout.contains(&format!("{site} | {word}\n")),
+                "{site}: no {word}: {stdout}"
+            );
+        }
+    }
+    assert!(!stdout.contains(&fleet.password));
+    assert_eq!(world.sshd().logins(), 2, "one login per site");
 }

@@ -41,7 +41,6 @@
 //! passphrase (a site whose key needs one typed is connected by its client directly, not
 //! kept) and holds no sudo password: input passes through it to the command, unstored.
 
-mod runner;
 mod server;
 mod wire;
 
@@ -640,9 +639,7 @@ impl Transport for KeptTransport {
                     on_terminated: None,
                 },
             );
-        let plain = (command.input_closed && !command.pty && !command.bulk)
-            .then(|| command.remote_script(None))
-            .filter(|script| runner::takes(script));
+        let plain = crate::ssh::runner::plain_script(command);
         if let Err(e) = self.keeper.send(&Ask::Open {
             conn,
             chan,

@@ -2,10 +2,10 @@
 //! commands on them. One per user; its socket's directory is the user's alone, and every
 //! client's uid is checked (`SO_PEERCRED`) before a word is read.
 
-use super::runner::{Runner, Step};
 use super::wire::{self, Ask, KeptInfo, Tell, WireOptions};
 use crate::error::ErrorKind;
 use crate::process::{ProcEvent, Process};
+use crate::ssh::runner::OnRunner;
 use crate::ssh::{resolve, AgentChoice, SshOptions, SshProcess, SshTransport};
 use crate::{HostKeyPolicy, KeyPassphrases};
 use polyshell_auth::NoPrompter;
@@ -49,8 +49,6 @@ struct Kept {
     persist_ms: AtomicU64,
     /// `connections close` asked for it while in use: closed when released.
     closing: std::sync::atomic::AtomicBool,
-    /// The runner of its plain commands, once one ran; busy while it runs one.
-    runner: tokio::sync::Mutex<Option<Runner>>,
 }
 
 impl Kept {
@@ -104,7 +102,7 @@ impl Table {
                 tracing::debug!(site = %k.site, "keeper: closing a kept connection");
                 // An idle runner ends at the end of its input; dropped, it would be killed
                 // through a session of its own.
-                if let Some(runner) = k.runner.try_lock().ok().and_then(|mut r| r.take()) {
+                if let Some(runner) = k.transport.idle_runner() {
                     tokio::spawn(runner.close());
                 }
             }
@@ -284,7 +282,7 @@ async fn client(stream: UnixStream, table: &Arc<Table>) {
                     kept.touch();
                     let control = match plain {
                         Some(plain) => on_runner(&kept, chan, &plain, rx, &outbox).await,
-                        None => Some((rx, false)),
+                        None => Some(rx),
                     };
                     if let Some(control) = control {
                         channel(&kept, chan, script, pty, bulk, control, &outbox).await;
@@ -416,6 +414,8 @@ async fn connect(
         keepalive: options.keepalive_ms.map(Duration::from_millis),
         proxy_jump: options.proxy_jump.clone(),
         passphrases: Some(passphrases.clone()),
+        // The keeper hands plain commands to the connection's runner itself.
+        resident_shell: false,
     };
     let target = resolve(&opts).map_err(|k| (k, false))?;
     // What makes two connections different: where, as whom, with which keys, through which
@@ -455,7 +455,6 @@ async fn connect(
                 channels: AtomicUsize::new(0),
                 persist_ms: AtomicU64::new(persist_ms),
                 closing: Default::default(),
-                runner: Default::default(),
             })
         })
         .clone();
@@ -480,7 +479,7 @@ async fn channel(
     script: String,
     pty: bool,
     bulk: bool,
-    (mut control, eof): Controls,
+    mut control: mpsc::UnboundedReceiver<Control>,
     outbox: &mpsc::Sender<Vec<u8>>,
 ) {
     let mut process = match kept.transport.open_script(script.clone(), pty, bulk).await {
@@ -492,12 +491,7 @@ async fn channel(
     };
     let mut window = OUTPUT_WINDOW;
     let mut stdin: Option<mpsc::UnboundedSender<Option<Vec<u8>>>> = None;
-    let mut closed = eof; // the client closed the input
-    if eof {
-        // The client closed the input while the runner had the command.
-        let tx = stdin.get_or_insert_with(|| stdin_task(&mut process, chan, outbox.clone()));
-        let _ = tx.send(None);
-    }
+    let mut closed = false; // the client closed the input
     let mut fresh = true; // nothing written to it yet: may be started again
     loop {
         tokio::select! {
@@ -512,7 +506,7 @@ async fn channel(
                     ProcEvent::Failed(ErrorKind::Channel { .. }) if fresh => {
                         // Refused (a server's MaxSessions): the idle runner may hold the
                         // session; once it is closed, once more.
-                        match kept.runner.try_lock().ok().and_then(|mut slot| slot.take()) {
+                        match kept.transport.idle_runner() {
                             Some(runner) => {
                                 runner.close().await;
                                 true
@@ -577,20 +571,8 @@ async fn channel(
     }
 }
 
-/// A channel's control messages, and whether its input was closed already.
-type Controls = (mpsc::UnboundedReceiver<Control>, bool);
-
-/// How a command on the runner ended.
-enum RunnerEnd {
-    /// Finished, or terminated: the runner serves the next command (`true`) or is gone.
-    Done { keep: bool },
-    /// The runner was gone before the command started: it runs on a channel of its own.
-    NotStarted,
-}
-
 /// Runs a plain command on the connection's runner (started if there is none). `None` when
-/// the command ran there; otherwise the control and whether its input was closed meanwhile,
-/// for a channel of its own: the runner is busy, could not start, or was found gone (a
+/// the command ran there; otherwise its control, for a channel of its own: the runner is busy, could not start, or was found gone (a
 /// dead connection: the channel reconnects).
 async fn on_runner(
     kept: &Kept,
@@ -598,77 +580,40 @@ async fn on_runner(
     script: &str,
     mut control: mpsc::UnboundedReceiver<Control>,
     outbox: &mpsc::Sender<Vec<u8>>,
-) -> Option<Controls> {
-    let Ok(mut slot) = kept.runner.try_lock() else {
-        return Some((control, false));
+) -> Option<mpsc::UnboundedReceiver<Control>> {
+    // The input's end, sent meanwhile, waits in `control` for a channel of its own.
+    let Some(mut on) =
+        OnRunner::start(kept.transport.runner(), &kept.transport, script, false).await
+    else {
+        return Some(control);
     };
-    if slot.is_none() {
-        match Runner::start(&kept.transport, &crate::ssh::pid_marker()).await {
-            Ok(runner) => *slot = Some(runner),
-            Err(e) => {
-                tracing::debug!(site = %kept.site, error = %e, "keeper: no runner");
-                return Some((control, false));
-            }
-        }
-    }
-    let runner = slot.as_mut()?;
-    if runner.send(script).await.is_err() {
-        *slot = None;
-        return Some((control, false));
-    }
-    let mut started = false;
-    let mut eof = false;
     let mut window = OUTPUT_WINDOW;
-    let end = loop {
+    loop {
         tokio::select! {
-            step = runner.next(), if window > 0 => match step {
-                Step::Started => started = true,
-                Step::Output(stream, data) => {
+            event = on.next(), if window > 0 => {
+                if let ProcEvent::Output(_, data) = &event {
                     window -= data.len() as i64;
-                    send(outbox, &wire::tell_event(chan, &ProcEvent::Output(stream, data))).await;
                 }
-                Step::Finished(status) => {
-                    send(outbox, &wire::tell_event(chan, &ProcEvent::Exit(status))).await;
-                    break RunnerEnd::Done { keep: true };
+                let last = matches!(event, ProcEvent::Exit(_) | ProcEvent::Failed(_));
+                send(outbox, &wire::tell_event(chan, &event)).await;
+                if last {
+                    return None;
                 }
-                Step::Ended(_) if !started => break RunnerEnd::NotStarted,
-                Step::Ended(result) => {
-                    let event = match result {
-                        Ok(status) => ProcEvent::Exit(status),
-                        Err(kind) => ProcEvent::Failed(kind),
-                    };
-                    send(outbox, &wire::tell_event(chan, &event)).await;
-                    break RunnerEnd::Done { keep: false };
-                }
-            },
+            }
             what = control.recv() => match what {
-                Some(Control::Stdin(_)) => {} // a plain command takes none
-                Some(Control::Eof) => eof = true,
+                Some(Control::Stdin(_) | Control::Eof) => {} // a plain command takes none
                 Some(Control::Consumed(bytes)) => window += bytes as i64,
                 Some(Control::Terminate) => {
-                    runner.terminate().await;
+                    on.terminate().await;
                     send(outbox, &Tell::Terminated { chan }).await;
-                    break RunnerEnd::Done { keep: false };
+                    return None;
                 }
                 None => {
                     // The client went away (killed, Ctrl-C): its command goes too.
-                    runner.terminate().await;
-                    break RunnerEnd::Done { keep: false };
+                    on.terminate().await;
+                    return None;
                 }
             }
-        }
-    };
-    match end {
-        RunnerEnd::Done { keep } => {
-            if !keep {
-                *slot = None;
-            }
-            None
-        }
-        RunnerEnd::NotStarted => {
-            tracing::debug!(site = %kept.site, "keeper: the runner was gone; a channel of its own");
-            *slot = None;
-            Some((control, eof))
         }
     }
 }

@@ -16,6 +16,9 @@ pub(crate) enum OpenKind {
         /// A command that lives as long as the connection (the connection keeper's runner):
         /// it is not a reason to open a spare channel, nor to keep one.
         resident: bool,
+        /// A runner: with `resident` false, a spare channel opens beside it at once (for
+        /// the connection's commands that are not plain).
+        runner: bool,
     },
     Forward {
         host: String,
@@ -51,6 +54,8 @@ pub(crate) enum Request {
 #[derive(Default)]
 pub(crate) struct OpenQueue {
     pending: AtomicUsize,
+    /// The server refused a channel on this connection (its `MaxSessions`).
+    refused: AtomicBool,
     /// A moving average of one open's time, in microseconds.
     open_us: AtomicU64,
 }
@@ -64,6 +69,15 @@ impl OpenQueue {
         let _ = self
             .pending
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub(crate) fn refuse(&self) {
+        self.refused.store(true, Ordering::Release);
+    }
+
+    /// Whether the server refused a channel on this connection.
+    pub(crate) fn refused(&self) -> bool {
+        self.refused.load(Ordering::Acquire)
     }
 
     pub(crate) fn took(&self, open: std::time::Duration) {

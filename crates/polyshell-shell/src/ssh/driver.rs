@@ -301,6 +301,7 @@ impl Driver {
                 script,
                 pty: false,
                 resident: false,
+                runner: false,
             },
             events,
             Arc::default(),
@@ -330,6 +331,7 @@ impl Driver {
                 script: String::new(),
                 pty: false,
                 resident: false,
+                runner: false,
             },
             events,
             Arc::default(),
@@ -380,6 +382,22 @@ impl Driver {
             *spare = Spare::Opening;
             *opening = Some(SPARE_ID);
         }
+        // A runner's commands are still to come: a spare beside it at once (the first
+        // command's end is what allows one otherwise).
+        if matches!(spare, Spare::NotYet)
+            && ops.iter().any(|o| {
+                matches!(
+                    o.kind,
+                    OpenKind::Exec {
+                        runner: true,
+                        resident: false,
+                        ..
+                    }
+                )
+            })
+        {
+            *spare = Spare::None;
+        }
         let mut progress = false;
         if matches!(spare, Spare::Opening) {
             match self.session.channel_session() {
@@ -392,6 +410,7 @@ impl Driver {
                 Err(e) if is_fatal(&e) => return Err(e.to_string()),
                 Err(e) => {
                     tracing::debug!(host = %self.host, error = %e, "no spare channel on this connection");
+                    self.opens.refuse();
                     *opening = None;
                     *spare = Spare::Off;
                     return Ok(true);
@@ -545,6 +564,9 @@ impl Driver {
                             return Err(e.to_string());
                         }
                         let session = matches!(op.kind, OpenKind::Exec { .. });
+                        if session {
+                            self.opens.refuse();
+                        }
                         if session && !op.abandoned && op.refused < OPEN_RETRIES {
                             op.refused += 1;
                             op.open_began = None;

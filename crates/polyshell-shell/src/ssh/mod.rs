@@ -11,6 +11,7 @@ mod gate;
 mod keys;
 mod known_hosts;
 mod nonblocking;
+pub(crate) mod runner;
 mod target;
 
 pub use auth::KeyPassphrases;
@@ -300,6 +301,8 @@ pub(crate) struct SshTransport {
     /// environment is not its client's).
     agent: Option<AgentChoice>,
     conn: tokio::sync::Mutex<Option<Connection>>,
+    /// The resident shell of the connection's plain commands, once one ran.
+    runner: runner::Slot,
 }
 
 impl SshTransport {
@@ -312,7 +315,23 @@ impl SshTransport {
             opts,
             agent,
             conn: tokio::sync::Mutex::new(None),
+            runner: Default::default(),
         }
+    }
+
+    /// The site's host, as the options name it (for logs).
+    pub(crate) fn host(&self) -> &str {
+        &self.opts.host
+    }
+
+    /// The runner's slot (the connection keeper runs plain commands on it always).
+    pub(crate) fn runner(&self) -> &runner::Slot {
+        &self.runner
+    }
+
+    /// The runner, taken from its slot if it runs nothing now (to close it).
+    pub(crate) fn idle_runner(&self) -> Option<runner::Runner> {
+        self.runner.try_lock().ok().and_then(|mut slot| slot.take())
     }
 
     /// Whether a live connection is held now (without connecting).
@@ -343,21 +362,28 @@ impl SshTransport {
                 script,
                 pty,
                 resident: false,
+                runner: false,
             },
             queue,
         )
     }
 
-    /// Starts `script` as a command that lives as long as the connection (the keeper's
-    /// runner): it keeps no spare channel open.
-    pub(crate) async fn open_resident(&self, script: String) -> Result<SshProcess, ErrorKind> {
+    /// Starts `script` as a command that lives as long as the connection (a runner). Without
+    /// `spare`, the connection keeps no spare channel for it (a kept connection that may sit
+    /// idle for long); with it, the connection's other commands take the spare as usual.
+    pub(crate) async fn open_runner(
+        &self,
+        script: String,
+        spare: bool,
+    ) -> Result<SshProcess, ErrorKind> {
         let conn = self.connection().await?;
         SshProcess::open(
             &conn,
             OpenKind::Exec {
                 script,
                 pty: false,
-                resident: true,
+                resident: !spare,
+                runner: true,
             },
             EVENT_QUEUE,
         )
@@ -382,6 +408,28 @@ impl SshTransport {
 #[async_trait]
 impl Transport for SshTransport {
     async fn spawn(&self, command: &Command) -> Result<Box<dyn Process>, ErrorKind> {
+        if self.opts.resident_shell {
+            // Connected first: a site that cannot be reached is tried once, not again for
+            // a channel of its own.
+            let conn = self.connection().await?;
+            match runner::plain_script(command) {
+                Some(plain) => {
+                    if let Some(on) =
+                        runner::OnRunner::start(&self.runner, self, &plain, true).await
+                    {
+                        return Ok(Box::new(on));
+                    }
+                }
+                // A server that refused a channel beside the runner (`MaxSessions 1`) has room
+                // for this one once an idle runner is closed.
+                None if conn.opens.refused() => {
+                    if let Some(runner) = self.idle_runner() {
+                        runner.close().await;
+                    }
+                }
+                None => {}
+            }
+        }
         let script = crate::command::login_shell_line(&command.remote_script(Some(&pid_marker())));
         Ok(Box::new(
             self.open_script(script, command.pty, command.bulk).await?,
@@ -405,7 +453,11 @@ impl Transport for SshTransport {
     }
 
     async fn disconnect(&self) {
-        // The driver ends (and says goodbye) when its last handle is gone.
+        // An idle runner ends at the end of its input (dropped, it would be killed through a
+        // session of its own); the driver ends (and says goodbye) when its last handle is gone.
+        if let Some(runner) = self.idle_runner() {
+            runner.close().await;
+        }
         self.conn.lock().await.take();
     }
 }
@@ -447,6 +499,15 @@ impl SshProcess {
             credit,
             finished: false,
         })
+    }
+
+    /// Ends the command's input and forgets it: its drop then terminates nothing (a runner
+    /// with nothing to do exits at the end of its input).
+    pub(crate) fn let_go(&mut self) {
+        if !self.finished {
+            let _ = self.conn.tx.send(Request::Eof { id: self.id });
+            self.finished = true;
+        }
     }
 
     async fn next_event(&mut self) -> ProcEvent {

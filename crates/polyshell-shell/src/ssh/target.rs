@@ -61,6 +61,14 @@ pub struct SshOptions {
     /// so that each is asked once; `None`: one process-wide cache asking as OpenSSH would
     /// ([`KeyPassphrases::from_environment`]).
     pub passphrases: Option<Arc<KeyPassphrases>>,
+    /// Runs the connection's plain commands (no input, no terminal, nothing left in the
+    /// background) one after another in one `sh` kept on the connection, each in a subshell,
+    /// instead of a session each: the site forks one sshd and starts the login shell once,
+    /// not per command. For a connection that runs many commands. What a command sees then
+    /// differs in two points: `$$` is that shell's pid (the process group a cancellation
+    /// ends, as on a session), and a command killed by a signal reports `128 + N` as its
+    /// exit code. Off by default; the CLI turns it on for a site with more than one action.
+    pub resident_shell: bool,
 }
 
 impl SshOptions {
@@ -515,6 +523,7 @@ pub(crate) fn jump_options(spec: &str, outer: &SshOptions) -> SshOptions {
         keepalive: outer.keepalive,
         proxy_jump: Some("none".into()),
         passphrases: outer.passphrases.clone(),
+        resident_shell: false,
     }
 }
 

@@ -1,12 +1,15 @@
-//! The runner: one `/bin/sh` per kept connection that runs the connection's plain commands
-//! one after another, each in a subshell of its own. A command on a session channel costs the
-//! site a forked sshd, the login shell and `sh` starting (~4 ms of CPU per command here, two
-//! thirds of a second run's CPU at 500 sites); through the runner it costs one `fork`.
+//! The runner: one `/bin/sh` per connection that runs the connection's plain commands one
+//! after another, each in a subshell of its own. A command on a session channel costs the
+//! site a forked sshd, the login shell (with whatever rc file it reads) and `sh` starting
+//! (~4 ms of CPU per command here, two thirds of a second `--persist` run's CPU at 500
+//! sites); through the runner it costs one `fork`. The connection keeper (`--persist`)
+//! always has one; a direct connection has one when [`SshOptions::resident_shell`] says so
+//! (the CLI: a site with more than one action in the run).
 //!
 //! Plain: the command takes no input (its stdin is closed at once), has no terminal, and its
 //! script starts nothing in the background ([`takes`]): a process left behind would hold the
 //! runner's output and process group, where on a channel of its own it holds only its own.
-//! Everything else runs on a channel of its own, as without the keeper.
+//! Everything else runs on a channel of its own.
 //!
 //! What a command sees is what it sees on a channel of its own: `sh` as `$0`, no positional
 //! parameters, the login directory, the session's environment, stdin at end of file, and `$$`
@@ -16,16 +19,31 @@
 //! (`kill $$`), which reports the signal; and a cancellation ends the runner (the next plain
 //! command starts another).
 //!
-//! The protocol on the runner's channel: the keeper writes a command's script and then a
+//! The protocol on the runner's channel: the client writes a command's script and then a
 //! line holding the runner's token alone. The runner says `TOKEN:a` on stderr (it has the
 //! script: the command runs), runs it, says `TOKEN:e<status>` on stderr and `TOKEN:o` on
 //! stdout. The token is random per runner, so a command's output cannot fake it.
+//!
+//! [`SshOptions::resident_shell`]: crate::SshOptions::resident_shell
 
 use crate::error::ErrorKind;
 use crate::output::{ExitStatus, Stream};
 use crate::process::{ProcEvent, Process, StdinWriter};
 use crate::ssh::{SshProcess, SshTransport};
+use async_trait::async_trait;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use tokio::sync::OwnedMutexGuard;
+
+/// A connection's runner, once one ran; locked while it runs a command.
+pub(crate) type Slot = Arc<tokio::sync::Mutex<Option<Runner>>>;
+
+/// The script a command runs on the runner, if it is plain (see the module's doc).
+pub(crate) fn plain_script(command: &crate::Command) -> Option<String> {
+    (command.input_closed && !command.pty && !command.bulk)
+        .then(|| command.remote_script(None))
+        .filter(|script| takes(script))
+}
 
 /// Whether a script may run on the runner: nothing in it can start a process that outlives
 /// it (a lone `&`, `nohup`, `setsid`, `disown`). Lexical and cautious: `echo 'a & b'` runs on
@@ -88,15 +106,23 @@ pub(crate) struct Runner {
     ready: VecDeque<Step>,
     stdout_done: bool,
     status: Option<i32>,
+    /// It has a command (from its script's hand-over to the command's end).
+    busy: bool,
 }
 
 impl Runner {
     /// Starts a runner on the transport's connection; `marker` is the pid line's marker.
-    pub(crate) async fn start(transport: &SshTransport, marker: &str) -> Result<Runner, ErrorKind> {
+    /// With `spare`, the connection keeps a spare channel beside it (for the commands that
+    /// are not plain); without, the runner alone keeps nothing open.
+    async fn start(
+        transport: &SshTransport,
+        marker: &str,
+        spare: bool,
+    ) -> Result<Runner, ErrorKind> {
         let token = format!("[polyshell-run-{:032x}]", rand::random::<u128>());
         let script = crate::Command::new(loop_script(&token)).remote_script(Some(marker));
         let mut process = transport
-            .open_resident(crate::command::login_shell_line(&script))
+            .open_runner(crate::command::login_shell_line(&script), spare)
             .await?;
         let Some(stdin) = process.split_stdin() else {
             return Err(ErrorKind::Keeper("a runner without input".into()));
@@ -110,11 +136,13 @@ impl Runner {
             ready: VecDeque::new(),
             stdout_done: false,
             status: None,
+            busy: false,
         })
     }
 
     /// Hands the runner a command's script.
     pub(crate) async fn send(&mut self, script: &str) -> Result<(), ErrorKind> {
+        self.busy = true;
         self.stdout_done = false;
         self.status = None;
         let mut text = script.to_owned();
@@ -161,6 +189,7 @@ impl Runner {
             if self.stdout_done {
                 if let Some(code) = self.status.take() {
                     self.stdout_done = false;
+                    self.busy = false;
                     self.ready.push_back(Step::Finished(ExitStatus::Code(code)));
                 }
             }
@@ -180,6 +209,134 @@ impl Runner {
     /// Ends the runner's process group: the command running on it and the runner.
     pub(crate) async fn terminate(&mut self) {
         self.process.terminate().await;
+    }
+}
+
+/// A plain command running on a connection's runner, which it holds until it ends.
+pub(crate) struct OnRunner {
+    slot: OwnedMutexGuard<Option<Runner>>,
+    /// Output that came before the runner said the command started (stdout and stderr are
+    /// apart on the wire: the command's first output may pass the runner's word on stderr).
+    early: VecDeque<ProcEvent>,
+    finished: bool,
+}
+
+impl OnRunner {
+    /// Hands `script` to the connection's runner (started if there is none) and waits until
+    /// the command runs. `None`: it is for a channel of its own, as it never ran: the runner
+    /// is busy, could not start, or was found gone (a dead connection: the channel
+    /// reconnects). With `spare`, see [`Runner::start`].
+    pub(crate) async fn start(
+        slot: &Slot,
+        transport: &SshTransport,
+        script: &str,
+        spare: bool,
+    ) -> Option<OnRunner> {
+        let mut slot = slot.clone().try_lock_owned().ok()?;
+        if slot.is_none() {
+            match Runner::start(transport, &crate::ssh::pid_marker(), spare).await {
+                Ok(runner) => *slot = Some(runner),
+                Err(e) => {
+                    tracing::debug!(site = %transport.host(), error = %e, "no runner");
+                    return None;
+                }
+            }
+        }
+        let runner = slot.as_mut()?;
+        if runner.send(script).await.is_err() {
+            *slot = None;
+            return None;
+        }
+        let mut early = VecDeque::new();
+        loop {
+            match runner.next().await {
+                Step::Started => {
+                    return Some(OnRunner {
+                        slot,
+                        early,
+                        finished: false,
+                    })
+                }
+                Step::Output(stream, data) => early.push_back(ProcEvent::Output(stream, data)),
+                // Its status follows its start on stderr: it cannot come first.
+                Step::Finished(_) => {}
+                // Gone before its start was said: the command never ran (and wrote nothing).
+                Step::Ended(_) => {
+                    tracing::debug!(site = %transport.host(), "the runner was gone; a channel of its own");
+                    *slot = None;
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Process for OnRunner {
+    async fn next(&mut self) -> ProcEvent {
+        if let Some(event) = self.early.pop_front() {
+            return event;
+        }
+        let Some(runner) = self.slot.as_mut() else {
+            self.finished = true;
+            return ProcEvent::Failed(ErrorKind::Keeper("the runner is gone".into()));
+        };
+        loop {
+            match runner.next().await {
+                Step::Started => {}
+                Step::Output(stream, data) => return ProcEvent::Output(stream, data),
+                Step::Finished(status) => {
+                    self.finished = true;
+                    return ProcEvent::Exit(status);
+                }
+                Step::Ended(result) => {
+                    self.finished = true;
+                    *self.slot = None;
+                    return match result {
+                        Ok(status) => ProcEvent::Exit(status),
+                        Err(kind) => ProcEvent::Failed(kind),
+                    };
+                }
+            }
+        }
+    }
+
+    async fn write_stdin(&mut self, data: &[u8]) -> Result<(), ErrorKind> {
+        match data.is_empty() {
+            true => Ok(()),
+            false => Err(ErrorKind::StdinClosed), // a plain command takes none
+        }
+    }
+
+    async fn close_stdin(&mut self) {}
+
+    /// Ends the runner's process group: the command and the runner (the next plain command
+    /// starts another).
+    async fn terminate(&mut self) {
+        if let Some(mut runner) = self.slot.take() {
+            runner.terminate().await;
+        }
+        self.finished = true;
+    }
+}
+
+impl Drop for OnRunner {
+    fn drop(&mut self) {
+        if !self.finished {
+            // Dropped while it runs: the runner's process goes, and the command with it.
+            self.slot.take();
+        }
+    }
+}
+
+impl Drop for Runner {
+    /// Dropped idle (its connection's last user gone), a runner is let go with the end of its
+    /// input: it exits by itself, or with its session when the connection closes. Dropped
+    /// with a command, its process is killed (the [`SshProcess`]'s drop).
+    fn drop(&mut self) {
+        if !self.busy {
+            self.process.let_go();
+        }
     }
 }
 
