@@ -52,7 +52,7 @@ pub(crate) enum Ask {
     /// Run `script` on connection `conn` as channel `chan`. `plain`: the same command
     /// without the login shell's line and the pid line, when it takes no input, has no
     /// terminal and starts nothing in the background: the keeper may hand it to the
-    /// connection's runner instead (see `keeper/runner.rs`).
+    /// connection's runner instead (see `ssh/runner.rs`).
     Open {
         conn: u64,
         chan: u64,
