@@ -70,18 +70,25 @@ pub(crate) fn takes(script: &str) -> bool {
         .any(|word| script.contains(word))
 }
 
-/// The runner's loop, in POSIX sh. Its variables are gone before a command's script runs.
-fn loop_script(token: &str) -> String {
+/// The runner's loop, in POSIX sh, starting with `first` (a command's script: it comes with
+/// the runner's own, not a round trip later on its input). Its variables are gone before a
+/// command's script runs.
+fn loop_script(token: &str, first: &str) -> String {
+    let first = format!("'{}'", first.replace('\'', "'\\''"));
     format!(
         "_ps_tok='{token}'\n\
+         _ps_script={first}\n\
+         _ps_have=1\n\
          while :; do\n\
+         if [ \"$_ps_have\" = 1 ]; then _ps_have=0; else\n\
          _ps_script=\n\
          while IFS= read -r _ps_line || exit 0; do\n\
          [ \"$_ps_line\" = \"$_ps_tok\" ] && break\n\
          _ps_script=\"$_ps_script$_ps_line\n\"\n\
          done\n\
+         fi\n\
          printf '%s:a\\n' \"$_ps_tok\" >&2\n\
-         (unset _ps_tok _ps_line; eval \"unset _ps_script; $_ps_script\") </dev/null\n\
+         (unset _ps_tok _ps_line _ps_have; eval \"unset _ps_script; $_ps_script\") </dev/null\n\
          printf '%s:e%d\\n' \"$_ps_tok\" \"$?\" >&2\n\
          printf '%s:o\\n' \"$_ps_tok\"\n\
          done\n"
@@ -113,14 +120,16 @@ pub(crate) struct Runner {
 impl Runner {
     /// Starts a runner on the transport's connection; `marker` is the pid line's marker.
     /// With `spare`, the connection keeps a spare channel beside it (for the commands that
-    /// are not plain); without, the runner alone keeps nothing open.
+    /// are not plain); without, the runner alone keeps nothing open. It runs `first` at once
+    /// (see [`loop_script`]): the caller does not [`send`](Runner::send) it.
     async fn start(
         transport: &SshTransport,
         marker: &str,
         spare: bool,
+        first: &str,
     ) -> Result<Runner, ErrorKind> {
         let token = format!("[polyshell-run-{:032x}]", rand::random::<u128>());
-        let script = crate::Command::new(loop_script(&token)).remote_script(Some(marker));
+        let script = crate::Command::new(loop_script(&token, first)).remote_script(Some(marker));
         let mut process = transport
             .open_runner(crate::command::login_shell_line(&script), spare)
             .await?;
@@ -136,7 +145,7 @@ impl Runner {
             ready: VecDeque::new(),
             stdout_done: false,
             status: None,
-            busy: false,
+            busy: true,
         })
     }
 
@@ -233,8 +242,9 @@ impl OnRunner {
         spare: bool,
     ) -> Option<OnRunner> {
         let mut slot = slot.clone().try_lock_owned().ok()?;
-        if slot.is_none() {
-            match Runner::start(transport, &crate::ssh::pid_marker(), spare).await {
+        let fresh = slot.is_none();
+        if fresh {
+            match Runner::start(transport, &crate::ssh::pid_marker(), spare, script).await {
                 Ok(runner) => *slot = Some(runner),
                 Err(e) => {
                     tracing::debug!(site = %transport.host(), error = %e, "no runner");
@@ -242,28 +252,25 @@ impl OnRunner {
                 }
             }
         }
-        let runner = slot.as_mut()?;
-        if runner.send(script).await.is_err() {
-            *slot = None;
+        // From here, dropped (the command cancelled while it starts), it kills the runner:
+        // the runner may have the script, and its next words would be this command's.
+        let mut on = OnRunner {
+            slot,
+            early: VecDeque::new(),
+            finished: false,
+        };
+        if !fresh && on.slot.as_mut()?.send(script).await.is_err() {
             return None;
         }
-        let mut early = VecDeque::new();
         loop {
-            match runner.next().await {
-                Step::Started => {
-                    return Some(OnRunner {
-                        slot,
-                        early,
-                        finished: false,
-                    })
-                }
-                Step::Output(stream, data) => early.push_back(ProcEvent::Output(stream, data)),
+            match on.slot.as_mut()?.next().await {
+                Step::Started => return Some(on),
+                Step::Output(stream, data) => on.early.push_back(ProcEvent::Output(stream, data)),
                 // Its status follows its start on stderr: it cannot come first.
                 Step::Finished(_) => {}
                 // Gone before its start was said: the command never ran (and wrote nothing).
                 Step::Ended(_) => {
                     tracing::debug!(site = %transport.host(), "the runner was gone; a channel of its own");
-                    *slot = None;
                     return None;
                 }
             }
