@@ -100,8 +100,8 @@ impl Table {
             let drop = !busy && (expired || dead || k.closing.load(Ordering::Acquire));
             if drop {
                 tracing::debug!(site = %k.site, "keeper: closing a kept connection");
-                // An idle runner ends at the end of its input; dropped, it would be killed
-                // through a session of its own.
+                // An idle runner ends at the end of its input (waited for here, off the
+                // table's lock; its drop would not wait).
                 if let Some(runner) = k.transport.idle_runner() {
                     tokio::spawn(runner.close());
                 }

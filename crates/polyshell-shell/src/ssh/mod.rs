@@ -453,11 +453,9 @@ impl Transport for SshTransport {
     }
 
     async fn disconnect(&self) {
-        // An idle runner ends at the end of its input (dropped, it would be killed through a
-        // session of its own); the driver ends (and says goodbye) when its last handle is gone.
-        if let Some(runner) = self.idle_runner() {
-            runner.close().await;
-        }
+        // The driver ends (and says goodbye) when its last handle is gone: the idle runner
+        // holds one (dropped, it is let go with the end of its input).
+        drop(self.idle_runner());
         self.conn.lock().await.take();
     }
 }

@@ -19,8 +19,9 @@
 //! (`kill $$`), which reports the signal; and a cancellation ends the runner (the next plain
 //! command starts another).
 //!
-//! The protocol on the runner's channel: the client writes a command's script and then a
-//! line holding the runner's token alone. The runner says `TOKEN:a` on stderr (it has the
+//! The protocol on the runner's channel: the first command's script comes in the runner's
+//! own (no round trip for it); each later one, the client writes on its input followed by a
+//! line holding the runner's token alone. For each, the runner says `TOKEN:a` on stderr (it has the
 //! script: the command runs), runs it, says `TOKEN:e<status>` on stderr and `TOKEN:o` on
 //! stdout. The token is random per runner, so a command's output cannot fake it.
 //!
@@ -426,6 +427,33 @@ mod tests {
         let (data, tags) = run(&mut s, &[b"x[", b"y"]);
         assert_eq!(data, b"x[y");
         assert!(tags.is_empty());
+    }
+
+    #[test]
+    fn the_loop_runs_its_first_script_verbatim_then_the_ones_on_its_input() {
+        let first = "printf '%s|' \"it's\" 'a\\b' \"$0\"; exit 4";
+        let mut child = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(loop_script("[T]", first))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"echo second\n[T]\n").unwrap();
+        drop(stdin);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "it's|a\\b|sh|[T]:o\nsecond\n[T]:o\n"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "[T]:a\n[T]:e4\n[T]:a\n[T]:e0\n"
+        );
     }
 
     #[test]
