@@ -336,3 +336,8 @@ impl Drop for OwnSshd {
         let _ = self.child.wait();
     }
 }
+
+/// `s` as a TOML basic string (for Polyfiles the tests write).
+pub fn toml_string(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}

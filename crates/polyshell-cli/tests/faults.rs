@@ -3,7 +3,7 @@
 
 use assert_cmd::Command;
 use polyshell_shell::{ErrorKind, HostKeyPolicy, Shell, SshOptions};
-use polyshell_tests::{count_processes, wait_for, Fleet, OwnSshd};
+use polyshell_tests::{count_processes, toml_string, wait_for, Fleet, OwnSshd};
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
@@ -569,10 +569,6 @@ fn hostile_site_values_are_substituted_as_data() {
         !Path::new(marker).exists(),
         "a substituted value was executed"
     );
-}
-
-fn toml_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
 }
 
 #[test]

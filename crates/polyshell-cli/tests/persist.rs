@@ -3,7 +3,7 @@
 //! restarted). Each test has a keeper directory of its own, and leaves no keeper behind. The
 //! last tests are the resident shell without a keeper: a site with several actions in a run.
 
-use polyshell_tests::{count_processes, wait_for, Fleet, OwnSshd};
+use polyshell_tests::{count_processes, toml_string, wait_for, Fleet, OwnSshd};
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::Output;
@@ -57,6 +57,15 @@ impl World {
 
     fn sshd(&self) -> &OwnSshd {
         self.sshd.as_ref().unwrap()
+    }
+
+    /// Session channels opened on the sshd so far (at LogLevel VERBOSE it logs each one's
+    /// command).
+    fn sessions(&self) -> usize {
+        std::fs::read_to_string(&self.sshd().log)
+            .unwrap_or_default()
+            .matches("Starting session: command")
+            .count()
     }
 
     fn keeper_dir(&self) -> PathBuf {
@@ -601,13 +610,7 @@ fn persist_comes_from_the_environment_and_the_polyfile_and_zero_keeps_nothing() 
 fn plain_commands_share_one_resident_shell_and_the_others_get_sessions_of_their_own() {
     let fleet = Fleet::load();
     let world = World::new(&fleet, "127.79.1.7");
-    // sshd (LogLevel VERBOSE) logs each session channel's command.
-    let sessions = || {
-        std::fs::read_to_string(&world.sshd().log)
-            .unwrap_or_default()
-            .matches("Starting session: command")
-            .count()
-    };
+    let sessions = || world.sessions();
     let run = |args: &[&str]| {
         let mut all = vec!["--persist", "5m", "-H", "own[1-2]"];
         all.extend_from_slice(args);
@@ -755,21 +758,12 @@ fn polyfile(world: &World, scripts: &[&str]) -> String {
     path.display().to_string()
 }
 
-fn toml_string(s: &str) -> String {
-    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
 #[test]
 #[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
 fn a_site_with_several_actions_runs_its_plain_ones_in_one_resident_shell() {
     let fleet = Fleet::load();
     let world = World::new(&fleet, "127.79.1.9");
-    let sessions = || {
-        std::fs::read_to_string(&world.sshd().log)
-            .unwrap_or_default()
-            .matches("Starting session: command")
-            .count()
-    };
+    let sessions = || world.sessions();
     let file = polyfile(
         &world,
         &[
