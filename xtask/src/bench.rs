@@ -206,28 +206,50 @@ pub fn run(opts: Options) -> Result<()> {
     packages::ensure()?;
     let root = crate::workspace_root();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    // The smoke run (CI's) only keeps the benchmark from rotting: it uses the dev build that
+    // `cargo xtask test` has just made (the whole workspace, so that features unify the same
+    // way and nothing recompiles; xtask is left out, as it is running) instead of a release
+    // build of its own, minutes of CI time.
+    let (profile, build): (&str, &[&str]) = if opts.smoke {
+        (
+            "debug",
+            &[
+                "build",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--bins",
+                "--examples",
+            ],
+        )
+    } else {
+        (
+            "release",
+            &[
+                "build",
+                "--release",
+                "-p",
+                "polyshell-cli",
+                "-p",
+                "polyshell-shell",
+                "--bins",
+                "--examples",
+            ],
+        )
+    };
     let built = Command::new(&cargo)
         .current_dir(&root)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "polyshell-cli",
-            "-p",
-            "polyshell-shell",
-            "--bins",
-            "--examples",
-        ])
+        .args(build)
         .status()?;
     if !built.success() {
-        bail!("cargo build --release failed");
+        bail!("cargo {} failed", build.join(" "));
     }
-    let release = std::env::var_os("CARGO_TARGET_DIR")
+    let bin_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("target"))
-        .join("release");
-    let polyshell = release.join("polyshell").display().to_string();
-    let transfer = release.join("examples/transfer").display().to_string();
+        .join(profile);
+    let polyshell = bin_dir.join("polyshell").display().to_string();
+    let transfer = bin_dir.join("examples/transfer").display().to_string();
     let peers = if opts.peers {
         install_peers()?
     } else {
