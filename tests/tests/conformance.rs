@@ -540,6 +540,52 @@ async fn one_connection_for_commands_and_transfers(t: &Target) -> Check {
     }
 }
 
+/// `Shell::disconnect` while a command runs: the command ends on its connection, and the next
+/// command connects again (seen in `SSH_CLIENT`, whose port names the connection).
+async fn disconnect_while_a_command_runs(t: &Target) -> Check {
+    let shell = t.shell();
+    let probe = "echo \"client=${SSH_CLIENT:-none}\"";
+    let client = |out: polyshell_shell::Output| -> Result<String, String> {
+        ensure(out.status.success(), || {
+            format!("the probe gave {:?}: {:?}", out.status, out.stderr_text())
+        })?;
+        Ok(out.stdout_text().trim().to_owned())
+    };
+    let first = client(shell.run(probe).await.map_err(|e| e.to_string())?)?;
+    let running = {
+        let shell = shell.clone();
+        let script = format!("sleep 1; {probe}");
+        tokio::spawn(async move { shell.run(script).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    shell.disconnect().await;
+    let during = running.await.map_err(|e| e.to_string())?;
+    let during = client(during.map_err(|e| e.to_string())?)?;
+    let after = client(shell.run(probe).await.map_err(|e| e.to_string())?)?;
+    match t.transport {
+        Transport::Local => Ok("no connection".into()),
+        Transport::Libssh2 | Transport::Resident => {
+            ensure(during == first && after != first, || {
+                format!("before {first:?}, during {during:?}, after {after:?}")
+            })?;
+            Ok("ends on its connection; the next connects".into())
+        }
+        // Documented: the keeper keeps the connection (what `--persist` is for).
+        Transport::Kept => {
+            ensure(during == first && after == first, || {
+                format!("before {first:?}, during {during:?}, after {after:?}")
+            })?;
+            Ok("documented: the keeper keeps it".into())
+        }
+        Transport::OpenSsh => {
+            ensure(during != first && after != during, || {
+                format!("before {first:?}, during {during:?}, after {after:?}")
+            })?;
+            Ok("documented: 1 connection per ssh".into())
+        }
+    }
+}
+
 // ---- the matrix -------------------------------------------------------------------------
 
 /// Counting a user's logins needs that user's other cells to stay away meanwhile: that
@@ -588,6 +634,7 @@ const BEHAVIOURS: &[(&str, Behaviour)] = behaviours![
     sudo_by_marker,
     transfer_tree_with_modes,
     one_connection_for_commands_and_transfers,
+    disconnect_while_a_command_runs,
 ];
 
 fn targets(fleet: &Arc<Fleet>) -> Vec<Target> {

@@ -125,6 +125,11 @@ impl Connection {
         self.alive.load(Ordering::Acquire) && !self.tx.is_closed()
     }
 
+    /// Whether `other` is a handle to this same connection.
+    pub(crate) fn same(&self, other: &Connection) -> bool {
+        Arc::ptr_eq(&self.alive, &other.alive)
+    }
+
     /// A handle that does not keep the connection open.
     pub(crate) fn downgrade(&self) -> WeakConnection {
         WeakConnection {

@@ -334,6 +334,15 @@ impl SshTransport {
         self.runner.try_lock().ok().and_then(|mut slot| slot.take())
     }
 
+    /// Whether `conn` is the connection held now (not one let go by `disconnect`).
+    pub(crate) async fn holds(&self, conn: &Connection) -> bool {
+        self.conn
+            .lock()
+            .await
+            .as_ref()
+            .is_some_and(|c| c.same(conn))
+    }
+
     /// Whether a live connection is held now (without connecting).
     pub(crate) fn is_connected(&self) -> bool {
         self.conn
@@ -497,6 +506,11 @@ impl SshProcess {
             credit,
             finished: false,
         })
+    }
+
+    /// The connection the command runs on.
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
     }
 
     /// Ends the command's input and forgets it: its drop then terminates nothing (a runner

@@ -150,6 +150,11 @@ impl Runner {
         })
     }
 
+    /// The connection the runner is on.
+    pub(crate) fn connection(&self) -> &crate::ssh::connection::Connection {
+        self.process.connection()
+    }
+
     /// Hands the runner a command's script.
     pub(crate) async fn send(&mut self, script: &str) -> Result<(), ErrorKind> {
         self.busy = true;
@@ -243,6 +248,13 @@ impl OnRunner {
         spare: bool,
     ) -> Option<OnRunner> {
         let mut slot = slot.clone().try_lock_owned().ok()?;
+        // A runner that was busy when its connection was let go (`disconnect`) came back to
+        // the slot with it: let go of it too, so that this command runs on the current one.
+        if let Some(runner) = slot.as_ref() {
+            if !transport.holds(runner.connection()).await {
+                slot.take();
+            }
+        }
         let fresh = slot.is_none();
         if fresh {
             match Runner::start(transport, &crate::ssh::pid_marker(), spare, script).await {
