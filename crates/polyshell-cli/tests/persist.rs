@@ -874,3 +874,44 @@ fn a_server_allowing_one_session_runs_a_schedule_mixing_plain_background_and_sud
     assert!(!stdout.contains(&fleet.password));
     assert_eq!(world.sshd().logins(), 2, "one login per site");
 }
+
+#[test]
+#[ignore = "needs the SSH test fleet: run `cargo xtask test`"]
+fn a_server_allowing_one_session_runs_parallel_jobs_beside_an_idle_resident_shell() {
+    let fleet = Fleet::load();
+    let world = World::with(&fleet, "127.79.1.11", &fleet.identity, "MaxSessions 1");
+    // Both jobs of the first step start at once on each site: the plain one on the resident
+    // shell, `sudo` on a session of its own, which the server refuses while the resident
+    // shell holds the one it allows. Once the plain job is done, the idle resident shell
+    // gives its session back, and the refused one, asked again, runs.
+    let text_of = format!(
+        "[sites.\"own[1-2]\"]\nroles = [\"o\"]\nhost = \"{{name}}\"\n\n\
+         [[jobs.plain]]\nroles = [\"o\"]\nrun = \"echo plain\"\n\
+         [[jobs.root]]\nroles = [\"o\"]\nrun = \"sudo id -u\"\n\
+         [[jobs.after]]\nroles = [\"o\"]\nrun = \"echo after\"\n\n\
+         [schedules.all]\nchain = [{{ jobs = [\"plain\", \"root\"], mode = \"parallel\" }}, \
+         {{ jobs = [\"after\"], mode = \"parallel\" }}]\n"
+    );
+    let file = world.dir.path().join("Polyfile.toml");
+    std::fs::write(&file, text_of).unwrap();
+    // The order the two opens reach the server in varies: a few runs meet both.
+    for _ in 0..4 {
+        let out = world
+            .command()
+            .env("POLYSHELL_SUDO_PASSWORD", &fleet.password)
+            .args(["-f", &file.display().to_string(), "schedule", "all"])
+            .output()
+            .unwrap();
+        assert_ok(&out, 2);
+        let stdout = text(&out.stdout);
+        for site in ["own1", "own2"] {
+            for word in ["plain", "0", "after"] {
+                assert!(
+                    stdout.contains(&format!("{site} | {word}\n")),
+                    "{site}: no {word}: {stdout}"
+                );
+            }
+        }
+        assert!(!stdout.contains(&fleet.password));
+    }
+}

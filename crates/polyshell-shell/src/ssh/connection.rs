@@ -58,6 +58,8 @@ pub(crate) struct OpenQueue {
     refused: AtomicBool,
     /// A moving average of one open's time, in microseconds.
     open_us: AtomicU64,
+    /// The channel id of the connection's runner while it idles (0: none, or busy).
+    idle_runner: AtomicU64,
 }
 
 impl OpenQueue {
@@ -78,6 +80,23 @@ impl OpenQueue {
     /// Whether the server refused a channel on this connection.
     pub(crate) fn refused(&self) -> bool {
         self.refused.load(Ordering::Acquire)
+    }
+
+    /// The runner on channel `id` idles: the driver may end it to free its session.
+    pub(crate) fn runner_idle(&self, id: u64) {
+        self.idle_runner.store(id, Ordering::Release);
+    }
+
+    /// The runner on channel `id` has a command (or is gone).
+    pub(crate) fn runner_busy(&self, id: u64) {
+        let _ = self
+            .idle_runner
+            .compare_exchange(id, 0, Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    /// The idle runner's channel id, which is then no longer counted idle.
+    pub(crate) fn take_idle_runner(&self) -> Option<u64> {
+        Some(self.idle_runner.swap(0, Ordering::AcqRel)).filter(|&id| id != 0)
     }
 
     pub(crate) fn took(&self, open: std::time::Duration) {

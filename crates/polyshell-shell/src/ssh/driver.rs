@@ -479,6 +479,19 @@ impl Driver {
                 }
             }
         }
+        // A session refused while the connection's runner idles (a server allowing few
+        // sessions): the runner gives its own back (the end of its input: it exits), and
+        // the refused open, asked again, finds room. A runner that had just been handed a
+        // command runs it first; one found gone sends its command to a channel of its own.
+        if ops.iter().any(|o| o.refused > 0 && o.open_again.is_some()) {
+            if let Some(id) = self.opens.take_idle_runner() {
+                if let Some(runner) = ops.iter_mut().find(|o| o.id == id) {
+                    tracing::debug!(host = %self.host, "a session refused: the idle runner gives its own back");
+                    runner.stdin_eof = true;
+                    progress = true;
+                }
+            }
+        }
         for op in ops.iter_mut() {
             if op.queued && !matches!(op.state, State::Opening) {
                 op.queued = false;

@@ -158,6 +158,7 @@ impl Runner {
     /// Hands the runner a command's script.
     pub(crate) async fn send(&mut self, script: &str) -> Result<(), ErrorKind> {
         self.busy = true;
+        self.process.conn.opens.runner_busy(self.process.id);
         self.stdout_done = false;
         self.status = None;
         let mut text = script.to_owned();
@@ -205,6 +206,7 @@ impl Runner {
                 if let Some(code) = self.status.take() {
                     self.stdout_done = false;
                     self.busy = false;
+                    self.process.conn.opens.runner_idle(self.process.id);
                     self.ready.push_back(Step::Finished(ExitStatus::Code(code)));
                 }
             }
@@ -354,6 +356,7 @@ impl Drop for Runner {
     /// input: it exits by itself, or with its session when the connection closes. Dropped
     /// with a command, its process is killed (the [`SshProcess`]'s drop).
     fn drop(&mut self) {
+        self.process.conn.opens.runner_busy(self.process.id);
         if !self.busy {
             self.process.let_go();
         }
