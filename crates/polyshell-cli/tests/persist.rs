@@ -884,14 +884,12 @@ fn a_server_allowing_one_session_runs_parallel_jobs_beside_an_idle_resident_shel
     // shell, `sudo` on a session of its own, which the server refuses while the resident
     // shell holds the one it allows. Once the plain job is done, the idle resident shell
     // gives its session back, and the refused one, asked again, runs.
-    let text_of = format!(
-        "[sites.\"own[1-2]\"]\nroles = [\"o\"]\nhost = \"{{name}}\"\n\n\
+    let text_of = "[sites.\"own[1-2]\"]\nroles = [\"o\"]\nhost = \"{name}\"\n\n\
          [[jobs.plain]]\nroles = [\"o\"]\nrun = \"echo plain\"\n\
          [[jobs.root]]\nroles = [\"o\"]\nrun = \"sudo id -u\"\n\
          [[jobs.after]]\nroles = [\"o\"]\nrun = \"echo after\"\n\n\
-         [schedules.all]\nchain = [{{ jobs = [\"plain\", \"root\"], mode = \"parallel\" }}, \
-         {{ jobs = [\"after\"], mode = \"parallel\" }}]\n"
-    );
+         [schedules.all]\nchain = [{ jobs = [\"plain\", \"root\"], mode = \"parallel\" }, \
+         { jobs = [\"after\"], mode = \"parallel\" }]\n";
     let file = world.dir.path().join("Polyfile.toml");
     std::fs::write(&file, text_of).unwrap();
     // The order the two opens reach the server in varies: a few runs meet both.
