@@ -94,7 +94,7 @@ async fn open(opts: SshOptions, agent: Option<AgentChoice>) -> Result<Connection
     // The bastion's connection is chosen once this site may start its handshake, when the
     // queues of channel opens on the bastion's connections tell which is least busy.
     gate::handshakes()
-        .run(async {
+        .run(|| async {
             let mut via: Option<Connection> = None;
             let mut chain = String::new();
             for jump in &jumps {
